@@ -1,0 +1,187 @@
+"""Testflinger: agents, job submission, results and cancellation, with optional login."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from rackwatch.clients._http import Http, Reply
+from rackwatch.errors import UpstreamAuthError, UpstreamResponseError
+from rackwatch.model import Agent, JobResult
+
+# A token is renewed this long before Testflinger says it expires.
+TOKEN_MARGIN_S = 30.0
+
+
+class TestflingerClient:
+    """Talks to one Testflinger server.
+
+    With a client id, it logs in (POST /v1/oauth2/token) and sends `Authorization: Bearer`;
+    on a 401 it gets a fresh token and replays the request once, as Testflinger's own CLI
+    does. Without one, it is anonymous, which servers without OIDC allow.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name says
+
+    def __init__(self, http: Http, url: str, *, client_id: str = "", secret: str = "") -> None:
+        self._http = http
+        self._url = url
+        self._login = aiohttp.BasicAuth(client_id, secret) if client_id else None
+        self._token: str | None = None
+        self._token_expires = 0.0  # time.monotonic() value
+        self._login_lock = asyncio.Lock()
+
+    async def agents(self) -> list[Agent]:
+        """Every agent the server knows."""
+        reply = await self._call("GET", "v1/agents/data")
+        data = reply.json()
+        if not isinstance(data, list):
+            raise UpstreamResponseError("testflinger", f"{reply.what}: expected a list of agents")
+        return [parse_agent(item, reply.what) for item in data]
+
+    async def agent(self, name: str) -> Agent | None:
+        """One agent, or None when the server does not know it."""
+        reply = await self._call("GET", f"v1/agents/data/{name}", expect=(200, 404))
+        if reply.status == 404:
+            return None
+        return parse_agent(reply.json(), reply.what)
+
+    async def submit(self, job: Mapping[str, Any]) -> str:
+        """Submit a job that carries its own job_id; answer the id the server stored.
+
+        Retrying is safe only because the id is fixed: a retried POST whose first attempt
+        did reach the server stores a second job with the same id, never a job we cannot see.
+        """
+        reply = await self._call("POST", "v1/job", json_body=dict(job))
+        data = reply.json()
+        job_id = data.get("job_id") if isinstance(data, dict) else None
+        if not isinstance(job_id, str) or not job_id:
+            raise UpstreamResponseError("testflinger", f"{reply.what}: no job_id in the answer")
+        return job_id
+
+    async def result(self, job_id: str) -> JobResult | None:
+        """The job's state and phase statuses, or None when the server has no such job."""
+        reply = await self._call("GET", f"v1/result/{job_id}", expect=(200, 204))
+        if reply.status == 204:
+            return None
+        data = reply.json()
+        if not isinstance(data, dict) or not isinstance(data.get("job_state"), str):
+            raise UpstreamResponseError("testflinger", f"{reply.what}: no job_state in the answer")
+        return JobResult(
+            job_id=job_id,
+            state=data["job_state"],
+            provision_status=_int_or_none(data.get("provision_status")),
+            setup_status=_int_or_none(data.get("setup_status")),
+        )
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job; False when it had already ended (or never existed)."""
+        reply = await self._call(
+            "POST", f"v1/job/{job_id}/action", json_body={"action": "cancel"}, expect=(200, 400)
+        )
+        if reply.status == 400 and "already completed or cancelled" not in reply.message():
+            raise UpstreamResponseError(
+                "testflinger", f"{reply.what} answered 400: {reply.message()}", status=400
+            )
+        return reply.status == 200
+
+    async def log_in(self) -> None:
+        """Get a token now (check-config uses this to test the credentials)."""
+        if self._login is not None:
+            await self._fresh_token(stale=self._token)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        expect: Collection[int] = (200,),
+        json_body: Any = None,
+    ) -> Reply:
+        token = self._token
+        try:
+            return await self._send(method, path, expect, json_body)
+        except UpstreamAuthError as exc:
+            if exc.status != 401 or self._login is None:
+                raise
+        await self._fresh_token(stale=token)
+        return await self._send(method, path, expect, json_body)
+
+    async def _send(self, method: str, path: str, expect: Collection[int], json_body: Any) -> Reply:
+        return await self._http.request(
+            method,
+            self._url + path,
+            expect=expect,
+            json_body=json_body,
+            headers=self._headers if self._login is not None else None,
+        )
+
+    async def _headers(self) -> Mapping[str, str]:
+        if self._token is None or time.monotonic() >= self._token_expires:
+            await self._fresh_token(stale=self._token)
+        return {"Authorization": f"Bearer {self._token}"}
+
+    async def _fresh_token(self, *, stale: str | None) -> None:
+        """Log in, unless another task already replaced the `stale` token meanwhile."""
+        async with self._login_lock:
+            if self._token is not None and self._token != stale:
+                return
+            reply = await self._http.request(
+                "POST", self._url + "v1/oauth2/token", auth=self._login
+            )
+            data = reply.json()
+            token = data.get("access_token") if isinstance(data, dict) else None
+            if not isinstance(token, str) or not token:
+                raise UpstreamResponseError("testflinger", f"{reply.what}: no access_token")
+            expires_in = _int_or_none(data.get("expires_in")) or 600
+            self._token = token
+            self._token_expires = time.monotonic() + max(expires_in - TOKEN_MARGIN_S, 1.0)
+
+
+def parse_agent(item: Any, what: str) -> Agent:
+    """An agent record, tolerant of the fields an older server or a new agent leaves out."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise UpstreamResponseError("testflinger", f"{what}: an agent record without a name")
+    streak_type = item.get("provision_streak_type")
+    return Agent(
+        name=item["name"],
+        state=str(item.get("state") or "unknown"),
+        queues=tuple(str(q) for q in item.get("queues") or ()),
+        location=str(item.get("location") or ""),
+        updated_at=parse_timestamp(item.get("updated_at")),
+        job_id=str(item.get("job_id") or ""),
+        comment=str(item.get("comment") or ""),
+        provision_streak_type=str(streak_type) if streak_type else None,
+        provision_streak_count=_int_or_none(item.get("provision_streak_count")),
+    )
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """Testflinger's ISO timestamps, including its "…+00:00Z" form; None when unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1]
+        if "+" not in text[10:] and "-" not in text[10:]:
+            text += "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return None

@@ -1,0 +1,390 @@
+"""The configuration: one TOML file, overridden by the environment and systemd credentials.
+
+`load_settings(path)` reads, in order of precedence:
+    1. `RACKWATCH_<SECTION>__<KEY>` environment variables, then the bare `MAAS_URL`/`MAAS_API_KEY`;
+    2. systemd credentials `$CREDENTIALS_DIRECTORY/maas_api_key` and `.../testflinger_secret`;
+    3. the TOML file (`--config`, else `$RACKWATCH_CONFIG`, else /etc/rackwatch/config.toml);
+    4. the defaults below.
+Settings built in code (`Settings(...)`, `Settings.from_mapping(...)`) see only what they are given
+plus the defaults, so tests and the demo never pick up a developer's shell or a real lab.
+Every problem becomes one `ConfigError` line naming the file and the key, never a secret.
+May import: pydantic, pydantic_settings, errors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from contextvars import ContextVar
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from rackwatch.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/rackwatch/config.toml")
+# Credential file name → the setting it fills (systemd LoadCredential=<name>:...).
+_SECTIONS = ("schedule", "maas", "testflinger", "check")
+CREDENTIALS = {"maas_api_key": ("maas", "api_key"), "testflinger_secret": ("testflinger", "secret")}
+# Top-level keys of Testflinger's job schema that a template may set; job_queue and job_id are ours.
+JOB_KEYS = frozenset(
+    {"provision_data", "test_data", "reserve_data", "allocate_data", "firmware_update_data"}
+    | {"global_timeout", "output_timeout", "allocation_timeout", "job_priority", "tags", "name"}
+    | {"exclude_agents", "job_status_webhook", "parent_job_id", "debug"}
+)
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_PART = re.compile(rf"({_NUMBER})(ms|s|m|h|d)")
+_DURATION = re.compile(rf"{_NUMBER}|(?:{_NUMBER}(?:ms|s|m|h|d))+")
+_DURATION_HELP = "use seconds or a number with a unit ms, s, m, h or d, e.g. 500ms, 15m, 1h30m"
+
+
+def parse_duration(value: str | int | float) -> timedelta:
+    """Turn seconds (30, 0.2, "30") or a string with units ("500ms", "6h", "1h30m") into a timedelta.
+
+    Raises ValueError for anything else and for negative values; zero is allowed here.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"must be a duration: {_DURATION_HELP}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DURATION.fullmatch(text):
+            raise ValueError(f"invalid duration {value!r}: {_DURATION_HELP}")
+        parts = _PART.findall(text) or [(text, "s")]
+        seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError("must be a finite number of seconds")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError("duration is too long") from None
+
+
+def _to_duration(value: object) -> object:
+    return value if isinstance(value, timedelta) else parse_duration(value)  # type: ignore[arg-type]
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("must not be negative")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_to_duration), AfterValidator(_positive)]
+DurationOrZero = Annotated[timedelta, BeforeValidator(_to_duration), AfterValidator(_not_negative)]
+
+
+def _normalise_url(value: str, *, strip_suffix: str = "") -> str:
+    """Check an http(s) base URL and make it end with exactly one "/"."""
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    url = parts.geturl().rstrip("/")
+    if strip_suffix and url.endswith(strip_suffix):
+        url = url.removesuffix(strip_suffix).rstrip("/")
+    return url + "/"
+
+
+def _check_rack(name: str) -> str:
+    if not name:
+        raise ValueError("rack name must not be empty")
+    if not name.strip():
+        raise ValueError("rack name must not be blank")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(
+            f"rack name {name!r} must be a MAAS tag: letters, digits, '-' and '_' only"
+        )
+    return name
+
+
+def _check_job_key(key: str) -> str:
+    if key in ("job_queue", "job_id"):
+        raise ValueError(f"rackwatch sets {key} itself; remove it from [job]")
+    if key not in JOB_KEYS:
+        raise ValueError("unknown key (not a Testflinger job field)")
+    return key
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ScheduleSettings(_Section):
+    """How often each rack is checked."""
+
+    interval: Duration = timedelta(hours=6)
+    jitter: DurationOrZero = timedelta(minutes=15)  # spreads racks out; 0 = none
+
+
+class MaasSettings(_Section):
+    """Where MAAS is and how to sign in to it."""
+
+    url: str
+    api_key: SecretStr
+    timeout: Duration = timedelta(seconds=120)
+
+    @field_validator("url")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        # A URL copied from the API docs often carries /api/2.0; the client adds it itself.
+        return _normalise_url(value, strip_suffix="/api/2.0")
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_shape(cls, value: SecretStr) -> SecretStr:
+        key = value.get_secret_value().strip()
+        parts = key.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError("must look like <consumer_key>:<token_key>:<token_secret>")
+        return SecretStr(key)
+
+
+class TestflingerSettings(_Section):
+    """Where Testflinger is; with client_id (and its secret) set, rackwatch logs in."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    url: str = "https://testflinger.canonical.com/"
+    client_id: str = ""
+    secret: SecretStr = SecretStr("")
+    location: str = ""  # only agents whose location contains this text
+    timeout: Duration = timedelta(seconds=30)
+
+    @field_validator("url")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        return _normalise_url(value)
+
+    @model_validator(mode="after")
+    def _check_login(self) -> TestflingerSettings:
+        # A secret alone is ignored: a unit may load the credential before login is turned on.
+        if self.client_id and not self.secret.get_secret_value():
+            raise ValueError("a secret is required when client_id is set")
+        return self
+
+
+class CheckSettings(_Section):
+    """How a check cycle submits and follows jobs."""
+
+    concurrency: int = Field(default=50, ge=1)
+    poll_interval: Duration = timedelta(seconds=60)
+    job_timeout: Duration = timedelta(hours=4)
+    max_fail_streak: int = Field(default=20, ge=0)
+    stale_after: Duration = timedelta(hours=26)
+
+
+# The TOML table load_settings is reading; None while Settings are built in code.
+_FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("rackwatch_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """All of rackwatch's configuration. Build it with `load_settings` or `from_mapping`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RACKWATCH_",
+        env_nested_delimiter="__",
+        env_ignore_empty=True,  # like MAAS_URL below: an empty variable counts as unset
+        extra="forbid",
+        frozen=True,
+    )
+
+    racks: list[Annotated[str, AfterValidator(_check_rack)]] = []
+    state_file: Path = Path("/var/lib/rackwatch/state.db")
+    schedule: ScheduleSettings = ScheduleSettings()
+    maas: MaasSettings
+    testflinger: TestflingerSettings = TestflingerSettings()
+    check: CheckSettings = CheckSettings()
+    job: dict[Annotated[str, AfterValidator(_check_job_key)], Any] = Field(
+        default_factory=lambda: {"provision_data": {"distro": "noble"}, "tags": ["rackwatch"]}
+    )
+    _config_path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_path(self) -> Path | None:
+        """The file these settings were loaded from; None when built in code."""
+        return self._config_path
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, source: str = "<settings>") -> Settings:
+        """Build settings from a TOML-shaped dict, with no file, environment or credentials."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _config_error(exc, source) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expect_maas(cls, data: Any) -> Any:
+        # Without [maas] at all, report maas.url and maas.api_key rather than just "maas".
+        if isinstance(data, dict) and "maas" not in data:
+            return {**data, "maas": {}}
+        return data
+
+    @field_validator("racks")
+    @classmethod
+    def _no_duplicates(cls, racks: list[str]) -> list[str]:
+        twice = sorted({rack for rack in racks if racks.count(rack) > 1})
+        if twice:
+            raise ValueError(f"listed more than once: {', '.join(twice)}")
+        return racks
+
+    @field_validator("state_file", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        if value == "":
+            raise ValueError("must not be empty")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_data = _FILE_DATA.get()
+        if file_data is None:
+            return (init_settings,)
+        return (
+            init_settings,
+            env_settings,
+            InitSettingsSource(settings_cls, init_kwargs=_bare_maas_env()),
+            InitSettingsSource(settings_cls, init_kwargs=_read_credentials()),
+            InitSettingsSource(settings_cls, init_kwargs=file_data),
+        )
+
+
+def default_config_path() -> Path:
+    """$RACKWATCH_CONFIG, else /etc/rackwatch/config.toml."""
+    return Path(os.environ.get("RACKWATCH_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read the TOML file at `path` (default: `default_config_path()`) with its overrides.
+
+    Raises ConfigError, with a one-line message naming the file and the key, for any bad input.
+    """
+    path = default_config_path() if path is None else path
+    token = _FILE_DATA.set(_read_toml(path))
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise _config_error(exc, str(path)) from None
+    except SettingsError as exc:  # an env value that should be JSON (e.g. RACKWATCH_RACKS) is not
+        raise ConfigError(f"{path}: environment: {exc}") from None
+    finally:
+        _FILE_DATA.reset(token)
+    settings._config_path = path
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _bare_maas_env() -> dict[str, Any]:
+    """MAAS_URL and MAAS_API_KEY, the names the lab's other tools already use."""
+    maas = {key: os.environ.get(f"MAAS_{key.upper()}") for key in ("url", "api_key")}
+    maas = {key: value for key, value in maas.items() if value}
+    return {"maas": maas} if maas else {}
+
+
+def _read_credentials() -> dict[str, Any]:
+    """The secrets systemd passed with LoadCredential=, trailing newline stripped."""
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    found: dict[str, Any] = {}
+    for name, (section, key) in CREDENTIALS.items():
+        if folder is None or not (Path(folder) / name).exists():
+            continue
+        try:
+            found.setdefault(section, {})[key] = (Path(folder) / name).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{Path(folder) / name}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError:  # its message would quote a byte of the secret
+            raise ConfigError(f"{Path(folder) / name}: not UTF-8 text") from None
+    return found
+
+
+def _origin(loc: tuple[str | int, ...]) -> str:
+    """Which override set the value at `loc`, as " (from X)", or "" when it came from the file."""
+    if not loc:
+        return ""
+    if loc[0] in _SECTIONS and len(loc) > 1:
+        names = [f"RACKWATCH_{loc[0]}__{loc[1]}".upper(), f"RACKWATCH_{loc[0]}".upper()]
+        names += [f"MAAS_{loc[1]}".upper()] if loc[0] == "maas" else []
+    else:
+        names = [f"RACKWATCH_{loc[0]}".upper()]
+    for name in names:
+        if os.environ.get(name):
+            return f" (from {name})"
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    for name, section_key in CREDENTIALS.items():
+        if folder and loc[:2] == section_key and (Path(folder) / name).exists():
+            return f" (from {Path(folder) / name})"
+    return ""
+
+
+def _config_error(exc: ValidationError, where: str) -> ConfigError:
+    """One line for all problems; include_input=False keeps secret values out of it."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = tuple(part for part in error["loc"] if part != "[key]")
+        key = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in loc)
+        key = key.replace(".[", "[")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required but not set"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{key}{_origin(loc)}: {' '.join(message.split())}")
+    return ConfigError(f"{where}: " + "; ".join(problems))

@@ -1,0 +1,76 @@
+"""The errors rackwatch raises on purpose, grouped by what the caller should do about them.
+
+    RackwatchError
+    ├── ConfigError             the configuration is invalid             → exit 78
+    ├── UsageError              the command line asks for something bad   → exit 2
+    ├── UpstreamError           a MAAS or Testflinger call failed         → exit 69 when a rack is lost
+    │   ├── UpstreamUnavailable   no answer, a timeout, 409, 429 or 5xx: retried
+    │   ├── UpstreamAuthError     401/403: the credentials need fixing, never retried
+    │   ├── UpstreamResponseError another 4xx or an answer we cannot read: a bug or API drift
+    │   └── UnknownRackError      MAAS has no tag of that name
+    └── StoreError              the state file cannot be opened or written
+
+Messages never carry a secret: upstream bodies are quoted only after `redact`, and the bodies
+of MAAS 401 answers (which echo the token secret) are never quoted at all.
+"""
+
+from __future__ import annotations
+
+
+class RackwatchError(Exception):
+    """Base class of every error rackwatch raises on purpose."""
+
+
+class ConfigError(RackwatchError):
+    """The configuration file or environment is invalid."""
+
+
+class UsageError(RackwatchError):
+    """The command line asks for something that cannot be done."""
+
+
+class StoreError(RackwatchError):
+    """The state file cannot be opened, migrated or written."""
+
+
+class UpstreamError(RackwatchError):
+    """A call to MAAS or Testflinger failed.
+
+    `service` is "maas" or "testflinger"; `status` is the HTTP status, None when no answer came.
+    """
+
+    def __init__(self, service: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.status = status
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The service did not answer, timed out, or answered 409, 429 or 5xx. Worth retrying."""
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(service, message, status=status)
+        self.retry_after = retry_after
+
+
+class UpstreamAuthError(UpstreamError):
+    """The service refused our credentials (401/403). Retrying will not help."""
+
+
+class UpstreamResponseError(UpstreamError):
+    """The service answered something we did not ask for or cannot read."""
+
+
+class UnknownRackError(UpstreamError):
+    """MAAS has no tag with the rack's name."""
+
+    def __init__(self, rack: str) -> None:
+        super().__init__("maas", f"unknown rack {rack!r}: MAAS has no tag of that name", status=400)
+        self.rack = rack

@@ -1,0 +1,215 @@
+"""The decisions of a check, as pure functions over plain data.
+
+No I/O, no clock, no logging: `now` is always a parameter. The check cycle in `check` feeds
+these functions what MAAS and Testflinger said and acts on what they return.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rackwatch.model import Agent, JobResult, Machine, Outcome
+
+# What a non-zero provision_status means (Testflinger agent exit codes).
+PROVISION_EXIT_CODES: Mapping[int, str] = {
+    1: "device connector error",
+    46: "device recovery failed; the agent set itself offline",
+    100: "agent exception",
+    247: "killed, by the global timeout or similar",
+}
+
+OFFLINE_STATES = frozenset({"offline", "maintenance"})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The parts of the configuration that decisions depend on."""
+
+    max_fail_streak: int
+    stale_after: timedelta
+    job_timeout: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do about one machine of a rack in this cycle.
+
+    `outcome` is None when a job should be submitted to `queue`.
+    """
+
+    machine: Machine
+    agent: Agent | None
+    outcome: Outcome | None
+    queue: str | None = None
+    detail: str = ""
+
+    @property
+    def name(self) -> str:
+        """The row's key: the agent's name, or the hostname of a machine without an agent."""
+        return self.agent.name if self.agent is not None else self.machine.hostname
+
+
+def match_agents(
+    machines: Sequence[Machine], agents: Iterable[Agent], location: str = ""
+) -> list[tuple[Machine, Agent | None]]:
+    """Pair each machine with the agent of the same name (case-insensitive).
+
+    With `location`, only agents whose location contains that text (case-insensitive) count.
+    """
+    wanted = location.casefold()
+    by_name: dict[str, list[Agent]] = {}
+    for agent in agents:
+        if wanted in agent.location.casefold():
+            by_name.setdefault(agent.name.casefold(), []).append(agent)
+    pairs: list[tuple[Machine, Agent | None]] = []
+    for machine in machines:
+        candidates = by_name.get(machine.hostname.casefold(), [])
+        exact = [a for a in candidates if a.name == machine.hostname]
+        best = exact or candidates
+        pairs.append((machine, best[0] if best else None))
+    return pairs
+
+
+def count_queue_servers(agents: Iterable[Agent]) -> Counter[str]:
+    """How many agents listen on each queue, across the whole server."""
+    return Counter(queue for agent in agents for queue in set(agent.queues))
+
+
+def own_queue(agent: Agent, servers: Mapping[str, int]) -> str | None:
+    """A queue only this agent serves, preferring the one named after the agent."""
+    own = [q for q in agent.queues if servers.get(q, 0) == 1]
+    if not own:
+        return None
+    for queue in own:
+        if queue == agent.name:
+            return queue
+    for queue in own:
+        if queue.casefold() == agent.name.casefold():
+            return queue
+    return sorted(own)[0]
+
+
+def decide(
+    machine: Machine,
+    agent: Agent | None,
+    *,
+    servers: Mapping[str, int],
+    now: datetime,
+    limits: Limits,
+) -> Decision:
+    """Whether to exercise this machine's agent, and if not, why not."""
+    if agent is None:
+        return Decision(machine, None, Outcome.NO_AGENT, detail="no Testflinger agent of that name")
+    if agent.state in OFFLINE_STATES:
+        detail = f"{agent.state}: {agent.comment}" if agent.comment else agent.state
+        return Decision(machine, agent, Outcome.OFFLINE, detail=detail)
+    if agent.state != "waiting":
+        job = f", job {agent.job_id}" if agent.job_id else ""
+        return Decision(machine, agent, Outcome.BUSY, detail=f"state {agent.state}{job}")
+    if (
+        agent.provision_streak_type == "fail"
+        and agent.provision_streak_count is not None
+        and agent.provision_streak_count > limits.max_fail_streak
+    ):
+        return Decision(
+            machine,
+            agent,
+            Outcome.QUARANTINED,
+            detail=f"{agent.provision_streak_count} failed provisionings in a row "
+            f"(more than {limits.max_fail_streak})",
+        )
+    if agent.updated_at is not None and now - agent.updated_at > limits.stale_after:
+        return Decision(
+            machine,
+            agent,
+            Outcome.STALE,
+            detail=f"waiting, but last heard from {format_age(now - agent.updated_at)} ago",
+        )
+    queue = own_queue(agent, servers)
+    if queue is None:
+        shared = ", ".join(agent.queues) or "none"
+        return Decision(
+            machine,
+            agent,
+            Outcome.NO_QUEUE,
+            detail=f"no queue of its own (queues: {shared})",
+        )
+    return Decision(machine, agent, None, queue=queue)
+
+
+def plan_rack(
+    machines: Sequence[Machine],
+    agents: Sequence[Agent],
+    *,
+    location: str,
+    now: datetime,
+    limits: Limits,
+) -> list[Decision]:
+    """A decision for every machine of a rack, given every agent of the server."""
+    servers = count_queue_servers(agents)
+    return [
+        decide(machine, agent, servers=servers, now=now, limits=limits)
+        for machine, agent in match_agents(machines, agents, location)
+    ]
+
+
+def recheck(decision: Decision, fresh: Agent | None) -> Decision:
+    """The decision again, on the agent as read just before submitting."""
+    if fresh is None:
+        return Decision(decision.machine, None, Outcome.NO_AGENT, detail="the agent disappeared")
+    if fresh.state != "waiting":
+        job = f", job {fresh.job_id}" if fresh.job_id else ""
+        return Decision(decision.machine, fresh, Outcome.BUSY, detail=f"became {fresh.state}{job}")
+    return decision
+
+
+def judge(result: JobResult) -> tuple[Outcome, str] | None:
+    """The outcome of a job that has ended, with its detail; None while it runs.
+
+    Testflinger writes "complete" for failed jobs too, so only provision_status tells.
+    """
+    if not result.has_ended:
+        return None
+    status = result.provision_status
+    if status == 0:
+        return Outcome.PASSED, ""
+    if status is not None:
+        meaning = PROVISION_EXIT_CODES.get(status)
+        return Outcome.FAILED, f"provisioning exited {status}" + (
+            f" ({meaning})" if meaning else ""
+        )
+    if result.setup_status:
+        return Outcome.FAILED, f"provisioning never ran: setup exited {result.setup_status}"
+    if result.state == "cancelled":
+        return Outcome.FAILED, "provisioning never ran: the job was cancelled before it started"
+    return Outcome.FAILED, f"provisioning never ran (job {result.state} without a provision status)"
+
+
+def is_overdue(submitted_at: datetime, now: datetime, limits: Limits) -> bool:
+    """Whether a job has had all the time it gets."""
+    return now - submitted_at >= limits.job_timeout
+
+
+def rack_status(outcomes: Iterable[Outcome], error: str | None) -> str:
+    """ "error" when the rack could not be listed, "failures" when any check failed, else "ok"."""
+    if error:
+        return "error"
+    return "failures" if any(o.is_failure for o in outcomes) else "ok"
+
+
+def format_age(age: timedelta) -> str:
+    """A short human duration: "3d 2h", "5h 10m", "42s"."""
+    seconds = int(age.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {seconds}s"
+    return f"{seconds}s"

@@ -1,0 +1,434 @@
+"""The state file: cycles and the checks made in them, in one SQLite database.
+
+Every write is its own committed transaction, written before the method returns, so a process
+killed at any moment leaves a state the next run can resume: a job's id is recorded before the
+job is submitted, and a job with no outcome yet is picked up again. The database itself keeps
+at most one unfinished job per agent.
+
+The store is synchronous; writes in WAL mode take well under a millisecond, so async code calls
+it directly. This module imports only the standard library and `rackwatch.model`/`errors`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from rackwatch.errors import StoreError
+from rackwatch.model import Outcome
+
+# Step N (counting from 1) brings a database from `user_version` N-1 to N. Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE cycles (
+        id INTEGER PRIMARY KEY,
+        rack TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT,
+        error TEXT
+    );
+    CREATE TABLE checks (
+        id INTEGER PRIMARY KEY,
+        cycle_id INTEGER NOT NULL REFERENCES cycles(id),
+        rack TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        machine TEXT,
+        queue TEXT,
+        job_id TEXT,
+        outcome TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        provision_status INTEGER,
+        created_at TEXT NOT NULL,
+        submitted_at TEXT,
+        finished_at TEXT
+    );
+    CREATE UNIQUE INDEX checks_unfinished_agent ON checks(agent) WHERE outcome IS NULL;
+    CREATE INDEX checks_agent ON checks(agent, created_at);
+    CREATE INDEX checks_cycle ON checks(cycle_id);
+    CREATE INDEX cycles_rack ON cycles(rack, started_at);
+    """,
+)
+
+CYCLE_STATUSES = frozenset({"ok", "failures", "error", "interrupted"})
+BUSY_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRecord:
+    """One agent checked in one cycle: a final outcome, or a job still being tracked."""
+
+    id: int
+    cycle_id: int
+    rack: str
+    agent: str
+    machine: str | None
+    queue: str | None
+    job_id: str | None
+    outcome: Outcome | None  # None while the job is unfinished
+    detail: str
+    provision_status: int | None
+    created_at: datetime
+    submitted_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from submission (or creation, if never submitted) to the end; None if unfinished."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - (self.submitted_at or self.created_at)).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRecord:
+    """One rack checked once. `status` is None while the cycle runs."""
+
+    id: int
+    rack: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str | None
+    error: str | None
+
+
+class Store:
+    """The state file, opened once. Also a context manager that closes it."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open the state file for writing, creating and migrating it as needed."""
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"state file {path}: cannot create directory {exc.filename}: {exc.strerror}"
+            ) from exc
+        try:
+            # Created here, not by SQLite, so that it is private from the first byte. SQLite
+            # gives its -wal and -shm files the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StoreError(f"state file {path}: {exc.strerror}") from exc
+        conn = _connect(str(path), path, uri=False)
+        try:
+            with _mapped(path):
+                conn.execute("PRAGMA journal_mode = WAL")
+                # In WAL mode NORMAL loses nothing when the process dies; only a power loss
+                # can drop the last commit.
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                _migrate(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        """Open an existing state file for reading only, while a daemon may be writing it."""
+        if not path.is_file():
+            raise StoreError(f"state file {path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise StoreError(f"state file {path}: permission denied")
+        conn = _connect(f"{path.resolve().as_uri()}?mode=ro", path, uri=True)
+        try:
+            with _mapped(path):
+                version = _user_version(conn)
+        except StoreError:
+            conn.close()
+            raise
+        if version != len(MIGRATIONS):
+            conn.close()
+            if version > len(MIGRATIONS):
+                raise _newer(path, version, len(MIGRATIONS))
+            raise StoreError(
+                f"state file {path}: schema {version} is older than this rackwatch's"
+                f" {len(MIGRATIONS)}; run the daemon or run-once once to upgrade it"
+            )
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # cycles
+
+    def start_cycle(self, rack: str, started_at: datetime) -> int:
+        """Start a cycle of `rack`, taking over the unfinished jobs of its earlier cycles.
+
+        An earlier cycle of the rack still marked running was cut short: it ends "interrupted".
+        """
+        at = _text(started_at)
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE cycles SET status = 'interrupted', finished_at = ?"
+                " WHERE rack = ? AND finished_at IS NULL",
+                (at, rack),
+            )
+            cycle_id = _lastrowid(
+                conn.execute("INSERT INTO cycles (rack, started_at) VALUES (?, ?)", (rack, at))
+            )
+            conn.execute(
+                "UPDATE checks SET cycle_id = ? WHERE rack = ? AND outcome IS NULL",
+                (cycle_id, rack),
+            )
+        return cycle_id
+
+    def finish_cycle(
+        self, cycle_id: int, finished_at: datetime, status: str, error: str | None = None
+    ) -> None:
+        if status not in CYCLE_STATUSES:
+            raise ValueError(f"unknown cycle status {status!r}")
+        self._update(
+            f"cycle {cycle_id}",
+            "UPDATE cycles SET finished_at = ?, status = ?, error = ? WHERE id = ?",
+            (_text(finished_at), status, error, cycle_id),
+        )
+
+    def cycle(self, cycle_id: int) -> CycleRecord:
+        rows = self._select("SELECT * FROM cycles WHERE id = ?", (cycle_id,))
+        if not rows:
+            raise StoreError(f"state file {self._path} has no cycle {cycle_id}")
+        return _cycle(rows[0])
+
+    def last_cycle(self, rack: str) -> CycleRecord | None:
+        rows = self._select(
+            "SELECT * FROM cycles WHERE rack = ? ORDER BY started_at DESC, id DESC LIMIT 1",
+            (rack,),
+        )
+        return _cycle(rows[0]) if rows else None
+
+    # checks
+
+    def record_outcome(
+        self,
+        cycle_id: int,
+        *,
+        rack: str,
+        agent: str,
+        machine: str | None,
+        outcome: Outcome,
+        detail: str = "",
+        at: datetime,
+        queue: str | None = None,
+    ) -> int:
+        """Record a check that ended at once, without a job."""
+        at_text = _text(at)
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO checks (cycle_id, rack, agent, machine, queue, outcome, detail,"
+                " created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cycle_id, rack, agent, machine, queue, str(outcome), detail, at_text, at_text),
+            )
+        return _lastrowid(cursor)
+
+    def begin_job(
+        self,
+        cycle_id: int,
+        *,
+        rack: str,
+        agent: str,
+        machine: str | None,
+        queue: str,
+        job_id: str,
+        at: datetime,
+    ) -> int:
+        """Record a job about to be submitted; durable once this returns.
+
+        Raises StoreError if the agent already has an unfinished job.
+        """
+        with self._transaction() as conn:
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO checks (cycle_id, rack, agent, machine, queue, job_id, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (cycle_id, rack, agent, machine, queue, job_id, _text(at)),
+                )
+            except sqlite3.IntegrityError as exc:
+                if exc.sqlite_errorname != "SQLITE_CONSTRAINT_UNIQUE":
+                    raise
+                raise StoreError(
+                    f"agent {agent!r} already has an unfinished job in {self._path}"
+                ) from exc
+        return _lastrowid(cursor)
+
+    def mark_submitted(self, check_id: int, at: datetime) -> None:
+        self._update(
+            f"check {check_id}",
+            "UPDATE checks SET submitted_at = ? WHERE id = ?",
+            (_text(at), check_id),
+        )
+
+    def finish_check(
+        self,
+        check_id: int,
+        *,
+        outcome: Outcome,
+        at: datetime,
+        detail: str = "",
+        provision_status: int | None = None,
+    ) -> None:
+        """Give an unfinished check its outcome. A check that already has one is never changed."""
+        self._update(
+            f"unfinished check {check_id}",
+            "UPDATE checks SET outcome = ?, finished_at = ?, detail = ?, provision_status = ?"
+            " WHERE id = ? AND outcome IS NULL",
+            (str(outcome), _text(at), detail, provision_status, check_id),
+        )
+
+    def unfinished(self, rack: str | None = None) -> list[CheckRecord]:
+        """The checks whose job has no outcome yet, oldest first."""
+        rows = self._select(
+            "SELECT * FROM checks WHERE outcome IS NULL AND (?1 IS NULL OR rack = ?1)"
+            " ORDER BY created_at, id",
+            (rack,),
+        )
+        return [_check(row) for row in rows]
+
+    def checks_of_cycle(self, cycle_id: int) -> list[CheckRecord]:
+        rows = self._select("SELECT * FROM checks WHERE cycle_id = ? ORDER BY id", (cycle_id,))
+        return [_check(row) for row in rows]
+
+    def history(self, agent: str, limit: int = 20) -> list[CheckRecord]:
+        """The agent's latest checks, newest first."""
+        rows = self._select(
+            "SELECT * FROM checks WHERE agent = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+            (agent, limit),
+        )
+        return [_check(row) for row in rows]
+
+    # plumbing
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with _mapped(self._path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _update(self, what: str, sql: str, params: Sequence[Any]) -> None:
+        with self._transaction() as conn:
+            if conn.execute(sql, params).rowcount != 1:
+                raise StoreError(f"state file {self._path} has no {what}")
+
+    def _select(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        with _mapped(self._path):
+            return self._conn.execute(sql, params).fetchall()
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[str] = MIGRATIONS) -> None:
+    """Apply the steps the database lacks, each in its own transaction with its version bump."""
+    version = _user_version(conn)
+    if version > len(migrations):
+        raise _newer(path, version, len(migrations))
+    for number, sql in enumerate(migrations[version:], start=version + 1):
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\n;PRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            # Another process opening the same new file may have applied this step first.
+            if _user_version(conn) >= number:
+                continue
+            raise StoreError(
+                f"state file {path}: upgrade to schema {number} failed: {exc}"
+            ) from exc
+
+
+def _connect(database: str, path: Path, *, uri: bool) -> sqlite3.Connection:
+    # isolation_level=None: sqlite3 opens no transactions of its own; ours are explicit.
+    with _mapped(path):
+        conn = sqlite3.connect(database, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _newer(path: Path, version: int, known: int) -> StoreError:
+    return StoreError(
+        f"state file {path}: written by a newer rackwatch"
+        f" (schema {version}; this one knows up to {known})"
+    )
+
+
+@contextmanager
+def _mapped(path: Path) -> Iterator[None]:
+    """Turn what sqlite3 raises into one StoreError line naming the file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"state file {path}: {exc}") from exc
+
+
+def _lastrowid(cursor: sqlite3.Cursor) -> int:
+    assert cursor.lastrowid is not None  # always set after an INSERT
+    return cursor.lastrowid
+
+
+def _text(at: datetime) -> str:
+    if at.tzinfo is None:
+        raise ValueError(f"naive datetime {at!r}: the store keeps UTC times only")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _cycle(row: sqlite3.Row) -> CycleRecord:
+    return CycleRecord(
+        id=row["id"],
+        rack=row["rack"],
+        started_at=datetime.fromisoformat(row["started_at"]),
+        finished_at=_time(row["finished_at"]),
+        status=row["status"],
+        error=row["error"],
+    )
+
+
+def _check(row: sqlite3.Row) -> CheckRecord:
+    return CheckRecord(
+        id=row["id"],
+        cycle_id=row["cycle_id"],
+        rack=row["rack"],
+        agent=row["agent"],
+        machine=row["machine"],
+        queue=row["queue"],
+        job_id=row["job_id"],
+        outcome=None if row["outcome"] is None else Outcome(row["outcome"]),
+        detail=row["detail"],
+        provision_status=row["provision_status"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        submitted_at=_time(row["submitted_at"]),
+        finished_at=_time(row["finished_at"]),
+    )
