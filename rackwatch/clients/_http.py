@@ -107,7 +107,6 @@ class Http:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         headers: HeaderFactory | None = None,
-        auth: aiohttp.BasicAuth | None = None,
     ) -> Reply:
         """Send one request, retried on transient failures; answer a status in `expect`.
 
@@ -123,7 +122,7 @@ class Http:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._once(method, url, what, expect, params, json_body, headers, auth)
+                return await self._once(method, url, what, expect, params, json_body, headers)
         raise AssertionError("unreachable: stamina raises once attempts run out")
 
     async def _once(
@@ -135,7 +134,6 @@ class Http:
         params: Mapping[str, str] | None,
         json_body: Any,
         headers: HeaderFactory | None,
-        auth: aiohttp.BasicAuth | None,
     ) -> Reply:
         sent_headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if headers is not None:
@@ -149,7 +147,6 @@ class Http:
                     params=params,
                     json=json_body,
                     headers=sent_headers,
-                    auth=auth,
                     timeout=self._timeout,
                     allow_redirects=True,
                 ) as response,

@@ -31,7 +31,7 @@ class TestflingerClient:
     def __init__(self, http: Http, url: str, *, client_id: str = "", secret: str = "") -> None:
         self._http = http
         self._url = url
-        self._login = aiohttp.BasicAuth(client_id, secret) if client_id else None
+        self._login = aiohttp.encode_basic_auth(client_id, secret) if client_id else None
         self._token: str | None = None
         self._token_expires = 0.0  # time.monotonic() value
         self._login_lock = asyncio.Lock()
@@ -121,6 +121,10 @@ class TestflingerClient:
             headers=self._headers if self._login is not None else None,
         )
 
+    async def _basic_auth(self) -> Mapping[str, str]:
+        assert self._login is not None
+        return {"Authorization": self._login}
+
     async def _headers(self) -> Mapping[str, str]:
         if self._token is None or time.monotonic() >= self._token_expires:
             await self._fresh_token(stale=self._token)
@@ -132,7 +136,7 @@ class TestflingerClient:
             if self._token is not None and self._token != stale:
                 return
             reply = await self._http.request(
-                "POST", self._url + "v1/oauth2/token", auth=self._login
+                "POST", self._url + "v1/oauth2/token", headers=self._basic_auth
             )
             data = reply.json()
             token = data.get("access_token") if isinstance(data, dict) else None

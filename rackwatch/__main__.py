@@ -1,0 +1,7 @@
+"""`python -m rackwatch`."""
+
+import sys
+
+from rackwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""Faults the simulated lab can inject, and the middleware that counts requests and applies them.
+
+A fault replaces the normal answer to matching requests (SLOW delays it instead) for a given number
+of requests. The answers imitate what sits in front of the real services: a 503 with Retry-After, a
+framework's HTML error page, a body cut off mid-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+SERVICES = ("maas", "testflinger")
+
+
+class FaultKind(StrEnum):
+    UNAVAILABLE = "unavailable"  # 503 with Retry-After
+    SERVER_ERROR = "server_error"  # 500 with the framework's HTML page
+    SLOW = "slow"  # the normal answer, after `delay` seconds
+    MALFORMED = "malformed"  # 200 application/json whose body is not JSON
+    CONFLICT = "conflict"  # 409 with Retry-After (MAAS's database serialisation conflict)
+
+
+@dataclass
+class Fault:
+    """What to break, for which requests, how many times.
+
+    `path` is a substring of the request path ("" matches all); `method` None matches every
+    method; `times` None hits every matching request for as long as the fault is installed.
+    """
+
+    kind: FaultKind
+    service: str
+    path: str = ""
+    method: str | None = None
+    times: int | None = 1
+    retry_after: float | None = 1.0
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.service not in SERVICES:
+            raise ValueError(f"service must be one of {SERVICES}, not {self.service!r}")
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be at least 1, or None for every request")
+
+    def matches(self, service: str, method: str, path: str) -> bool:
+        return (
+            self.service == service
+            and self.path in path
+            and (self.method is None or self.method.upper() == method)
+        )
+
+
+def service_of(path: str) -> str | None:
+    """Which simulated service a path belongs to, by prefix."""
+    if path.startswith("/MAAS"):
+        return "maas"
+    if path.startswith("/v1"):
+        return "testflinger"
+    return None
+
+
+def route_key(request: web.Request) -> str:
+    """The key a request is counted under: its method and route template, not concrete ids."""
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
+    # Testflinger tolerates a trailing slash on every route; count both spellings as one.
+    if path.startswith("/v1/") and len(path) > len("/v1/") and path.endswith("/"):
+        path = path[:-1]
+    return f"{request.method} {path}"
+
+
+_WERKZEUG_500 = (
+    "<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>\n"
+    "<h1>Internal Server Error</h1>\n<p>The server encountered an internal error and was unable "
+    "to complete your request. Either the server is overloaded or there is an error in the "
+    "application.</p>\n"
+)
+_DJANGO_500 = (
+    '<!doctype html>\n<html lang="en">\n<head>\n  <title>Server Error (500)</title>\n</head>\n'
+    "<body>\n  <h1>Server Error (500)</h1><p></p>\n</body>\n</html>\n"
+)
+# Valid JSON cut off mid-way, as a dropped proxy connection leaves it.
+_TRUNCATED = {
+    "maas": '[{"system_id": "x7k2pq", "hostname": "rack-00-m000", "status_name": "Depl',
+    "testflinger": '{"job_state": "provision", "setup_status": 0, "device_info": {"agent_',
+}
+
+
+def fault_response(fault: Fault) -> web.Response | None:
+    """The answer a fault gives instead of the normal one; None when it only delays (SLOW)."""
+    headers = {}
+    if fault.retry_after is not None:
+        headers["Retry-After"] = f"{fault.retry_after:g}"
+    match fault.kind:
+        case FaultKind.UNAVAILABLE:
+            return web.Response(
+                status=503, text="503 Service Unavailable: try again later\n", headers=headers
+            )
+        case FaultKind.CONFLICT:
+            return web.Response(
+                status=409,
+                text="Conflict: the database could not serialise the transaction; retry.\n",
+                headers=headers,
+            )
+        case FaultKind.SERVER_ERROR:
+            page = _DJANGO_500 if fault.service == "maas" else _WERKZEUG_500
+            return web.Response(status=500, text=page, content_type="text/html")
+        case FaultKind.MALFORMED:
+            return web.Response(text=_TRUNCATED[fault.service], content_type="application/json")
+        case FaultKind.SLOW:
+            return None
+
+
+def lab_middleware(requests: Counter[str], faults: list[Fault]) -> Middleware:
+    """A middleware that counts every request in `requests` and applies the first matching fault."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        requests[route_key(request)] += 1
+        service = service_of(request.path)
+        fault = next(
+            (f for f in faults if service and f.matches(service, request.method, request.path)),
+            None,
+        )
+        if fault is None:
+            return await handler(request)
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times == 0:
+                faults.remove(fault)
+        response = fault_response(fault)
+        if response is not None:
+            return response
+        await asyncio.sleep(fault.delay)
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,443 @@
+"""The simulated lab's Testflinger server: /v1 agents, jobs, results, cancel and login.
+
+Errors come in the real server's three shapes: schema validation (422, {"message": "Validation
+error", "detail": {"json": {field: [messages]}}}), explicit aborts ({"message": ..., "detail": {}})
+and plain text served as text/html. With `Lab.testflinger_login` set the server is "locked down":
+every endpoint but GET /v1/ and the oauth2 ones wants `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+if TYPE_CHECKING:
+    from rackwatch.simlab.lab import Lab
+
+READERS = ("admin", "manager", "contributor")
+EVERYONE = ("admin", "manager", "contributor", "agent")
+AGENT_WRITERS = ("admin", "manager", "agent")
+# Fields the queue's agent listing keeps (its output schema is applied, unlike /agents/data).
+_QUEUE_AGENT_FIELDS = frozenset(
+    {"name", "state", "queues", "location", "provision_type", "job_id", "comment", "restricted_to"}
+)
+
+Check = Callable[[Any], list[str] | dict[str, Any] | None]
+
+
+def _abort(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message, "detail": {}}, status=status)
+
+
+def _invalid(errors: dict[str, Any]) -> web.Response:
+    return web.json_response(
+        {"message": "Validation error", "detail": {"json": errors}}, status=422
+    )
+
+
+def _plain(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text, content_type="text/html")
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def _json_body(request: web.Request) -> tuple[Any, web.Response | None]:
+    """The body as the server sees it: ignored unless the request says it is JSON."""
+    if request.content_type != "application/json":
+        return {}, None
+    try:
+        return await request.json(), None
+    except ValueError:
+        return None, _abort(400, "Bad Request")
+
+
+@web.middleware
+async def flask_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer unknown /v1 routes and wrong methods in the shapes the Flask server uses."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        if not request.path.startswith("/v1"):
+            raise
+        return _abort(405, "Method Not Allowed")
+    except web.HTTPNotFound:
+        if not request.path.startswith("/v1"):
+            raise
+        return _plain(404, f"Not found: {request.url}")
+
+
+class TestflingerApi:
+    """The Testflinger routes, over a lab's agents and jobs."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(self, lab: Lab) -> None:
+        self._lab = lab
+        self._signing_key = secrets.token_bytes(32)
+
+    def register(self, router: web.UrlDispatcher) -> None:
+        routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = [
+            ("GET", "/v1/", self.root),
+            ("POST", "/v1/oauth2/token", self.token),
+            ("POST", "/v1/oauth2/refresh", self.refresh),
+            ("GET", "/v1/agents/data", self.agents),
+            ("GET", "/v1/agents/data/{agent_name}", self.agent),
+            ("POST", "/v1/agents/data/{agent_name}", self.update_agent),
+            ("GET", "/v1/queues/{queue}/agents", self.queue_agents),
+            ("POST", "/v1/job", self.submit),
+            ("GET", "/v1/result/{job_id}", self.result),
+            ("POST", "/v1/job/{job_id}/action", self.action),
+        ]
+        for method, path, handler in routes:
+            router.add_route(method, path, handler)
+            if not path.endswith("/"):
+                router.add_route(method, path + "/", handler)  # strict slashes are off
+
+    # -- authentication -------------------------------------------------------------------------
+
+    def _authorise(self, request: web.Request, roles: tuple[str, ...]) -> web.Response | None:
+        """None when the caller may use an endpoint open to `roles`."""
+        lab = self._lab
+        header = request.headers.get("Authorization")
+        if header is None:
+            if lab.testflinger_login is not None:
+                return _abort(401, "Authentication is required for specified endpoint")
+            role = "contributor"  # anonymous callers count as contributors
+        elif not header.startswith("Bearer "):
+            role = ""  # a raw token counts as no role at all
+        else:
+            issued = lab.tokens.get(header.removeprefix("Bearer "))
+            if issued is None:
+                return _abort(403, "Unable to decode token")
+            if time.monotonic() - issued > lab.token_lifetime:
+                return _abort(401, "Token has expired")
+            role = lab.testflinger_role
+        if role in roles:
+            return None
+        return _abort(403, f"Specified action requires role: {', '.join(roles)}")
+
+    def _access_token(self, client_id: str) -> dict[str, Any]:
+        lab = self._lab
+        now = time.time()
+        claims = {
+            "exp": int(now + lab.token_lifetime),
+            "iat": int(now),
+            "jti": secrets.token_hex(8),
+            "sub": "access_token",
+            "permissions": {
+                "client_id": client_id,
+                "role": lab.testflinger_role,
+                "max_priority": {},
+                "allowed_queues": [],
+                "max_reservation_time": {},
+            },
+        }
+        token = _jwt(claims, self._signing_key)
+        lab.tokens[token] = time.monotonic()
+        lifetime = lab.token_lifetime
+        return {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": int(lifetime) if float(lifetime).is_integer() else lifetime,
+        }
+
+    async def token(self, request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization")
+        if not header:
+            return _plain(401, "No authorization header specified")
+        credentials = _basic_credentials(header)
+        if credentials is None:
+            return _plain(401, "Client id and key must be specified in authorization header")
+        client_id, secret = credentials
+        login = self._lab.testflinger_login
+        if login is None or not (
+            client_id == login[0] and hmac.compare_digest(secret.encode(), login[1].encode())
+        ):
+            return _plain(401, "Invalid client id or client key")
+        self._lab.logins += 1
+        refresh_token = secrets.token_hex(32)
+        self._lab.refresh_tokens.add(refresh_token)
+        return web.json_response({**self._access_token(client_id), "refresh_token": refresh_token})
+
+    async def refresh(self, request: web.Request) -> web.Response:
+        body, error = await _json_body(request)
+        if error is not None:
+            return error
+        errors = _validate(body, {"refresh_token": _string}, required=("refresh_token",))
+        if errors:
+            return _invalid(errors)
+        if body["refresh_token"] not in self._lab.refresh_tokens:
+            return _abort(400, "Invalid refresh token.")
+        login = self._lab.testflinger_login
+        return web.json_response(self._access_token(login[0] if login else ""))
+
+    # -- agents ---------------------------------------------------------------------------------
+
+    async def root(self, _request: web.Request) -> web.Response:
+        return _plain(200, "Testflinger Server")
+
+    async def agents(self, request: web.Request) -> web.Response:
+        if (denied := self._authorise(request, READERS)) is not None:
+            return denied
+        return web.json_response([agent.record() for agent in self._lab.agents.values()])
+
+    async def agent(self, request: web.Request) -> web.Response:
+        if (denied := self._authorise(request, EVERYONE)) is not None:
+            return denied
+        agent = self._lab.agents.get(request.match_info["agent_name"])
+        if agent is None:
+            return web.json_response({}, status=404)
+        return web.json_response(agent.record())
+
+    async def update_agent(self, request: web.Request) -> web.Response:
+        """What an agent (or an admin setting an agent offline) posts about an agent."""
+        if (denied := self._authorise(request, AGENT_WRITERS)) is not None:
+            return denied
+        body, error = await _json_body(request)
+        if error is not None:
+            return error
+        errors = _validate(body, _AGENT_FIELDS)
+        if errors:
+            return _invalid(errors)
+        lab, name = self._lab, request.match_info["agent_name"]
+        if name not in lab.agents:
+            lab.add_agent(name, queues=body.get("queues", []), location=body.get("location", ""))
+        agent = lab.agent(name)
+        if "queues" in body:
+            lab.set_queues(name, body["queues"])
+        if "location" in body:
+            agent.location = body["location"]
+        if "job_id" in body:
+            agent.job_id = body["job_id"]
+        if "identifier" in body:
+            agent.identifier = body["identifier"]
+        if "provision_type" in body:
+            agent.provision_type = body["provision_type"]
+        if "state" in body or "comment" in body:
+            lab.set_agent_state(name, body.get("state", agent.state), body.get("comment", ""))
+        lab.touch(agent)
+        response = web.json_response({"status": "OK"})
+        response.set_cookie("agent_name", name)
+        return response
+
+    async def queue_agents(self, request: web.Request) -> web.Response:
+        if (denied := self._authorise(request, READERS)) is not None:
+            return denied
+        queue = request.match_info["queue"]
+        agents = self._lab.agents_serving(queue)
+        if not agents:
+            return _abort(404, f"Queue '{queue}' does not exist.")
+        return web.json_response(
+            [
+                {k: v for k, v in agent.record().items() if k in _QUEUE_AGENT_FIELDS}
+                for agent in agents
+            ]
+        )
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        if (denied := self._authorise(request, READERS)) is not None:
+            return denied
+        body, error = await _json_body(request)
+        if error is not None:
+            return error
+        errors = _validate(body, _JOB_FIELDS, required=("job_queue",))
+        if errors:
+            return _invalid(errors)
+        job_id = body.get("job_id")
+        if job_id is not None and not _is_uuid(job_id):
+            return _abort(400, "Invalid job_id specified")
+        queue, priority = body["job_queue"], body.get("job_priority", 0)
+        if priority > 0:
+            if "Authorization" not in request.headers:
+                return _abort(401, f"Authentication required for setting priority: {priority}")
+            return _abort(
+                403, f"Not enough permissions to push to {queue} with priority {priority}"
+            )
+        excluded = body.get("exclude_agents") or []
+        if excluded and all(a.name in excluded for a in self._lab.agents_serving(queue)):
+            return _abort(
+                422, "There are no agents on the specified queue that are allowed to run this job"
+            )
+        return web.json_response({"job_id": self._lab.submit_job(body, job_id)})
+
+    async def result(self, request: web.Request) -> web.Response:
+        if (denied := self._authorise(request, EVERYONE)) is not None:
+            return denied
+        job_id = request.match_info["job_id"]
+        if not _is_uuid(job_id):
+            return _abort(400, "Invalid job_id specified")
+        job = self._lab.job(job_id)
+        if job is None:
+            return web.Response(status=204, content_type="application/json")
+        return web.json_response(job.result())
+
+    async def action(self, request: web.Request) -> web.Response:
+        if (denied := self._authorise(request, READERS)) is not None:
+            return denied
+        body, error = await _json_body(request)
+        if error is not None:
+            return error
+        errors = _validate(body, {"action": _one_of("cancel")}, required=("action",))
+        if errors:
+            return _invalid(errors)
+        job_id = request.match_info["job_id"]
+        if not _is_uuid(job_id):
+            return _plain(400, "Invalid job id\n")
+        if not self._lab.cancel_job(job_id):
+            return _plain(400, "The job is already completed or cancelled")
+        return _plain(200, "OK")
+
+
+# -- schema validation, with marshmallow's messages -------------------------------------------
+
+
+def _validate(
+    body: Any, fields: dict[str, Check], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        return {"_schema": ["Invalid input type."]}
+    errors: dict[str, Any] = {}
+    for name, value in body.items():
+        check = fields.get(name)
+        if check is None:
+            errors[name] = ["Unknown field."]
+        elif value is None and check is not _provision_data:
+            errors[name] = ["Field may not be null."]
+        elif (problem := check(value)) is not None:
+            errors[name] = problem
+    for name in required:
+        if name not in body:
+            errors[name] = ["Missing data for required field."]
+    return errors
+
+
+def _string(value: Any) -> list[str] | None:
+    return None if isinstance(value, str) else ["Not a valid string."]
+
+
+def _queue_name(value: Any) -> list[str] | None:
+    if not isinstance(value, str):
+        return ["Not a valid string."]
+    return None if value else ["Shorter than minimum length 1."]
+
+
+def _integer(value: Any) -> list[str] | None:
+    return (
+        None if isinstance(value, int) and not isinstance(value, bool) else ["Not a valid integer."]
+    )
+
+
+def _boolean(value: Any) -> list[str] | None:
+    return None if isinstance(value, bool) else ["Not a valid boolean."]
+
+
+def _mapping(value: Any) -> list[str] | None:
+    return None if isinstance(value, dict) else ["Not a valid mapping type."]
+
+
+def _strings(value: Any) -> list[str] | dict[str, Any] | None:
+    if not isinstance(value, list):
+        return ["Not a valid list."]
+    bad = {
+        str(i): ["Not a valid string."] for i, item in enumerate(value) if not isinstance(item, str)
+    }
+    return bad or None
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any) -> list[str] | None:
+        return None if value in choices else [f"Must be one of: {', '.join(choices)}."]
+
+    return check
+
+
+_MAAS_PROVISION = {"distro": str, "kernel": str, "user_data": str, "disks": list, "ephemeral": bool}
+
+
+def _provision_data(value: Any) -> dict[str, Any] | None:
+    """None for the MAAS and noprovision shapes (and, unchecked, connectors that take a URL)."""
+    if value is None:
+        return None
+    valid = isinstance(value, dict) and (
+        all(k in _MAAS_PROVISION and isinstance(v, _MAAS_PROVISION[k]) for k, v in value.items())
+        or (set(value) == {"skip"} and isinstance(value["skip"], bool))
+        or any(key in value for key in ("url", "use_attachment", "jobs"))
+    )
+    return None if valid else {"_schema": ["Invalid provision data schema."]}
+
+
+_JOB_FIELDS: dict[str, Check] = {
+    "job_queue": _queue_name,
+    "job_id": _string,
+    "name": _string,
+    "tags": _strings,
+    "provision_data": _provision_data,
+    "test_data": _mapping,
+    "reserve_data": _mapping,
+    "allocate_data": _mapping,
+    "firmware_update_data": _mapping,
+    "global_timeout": _integer,
+    "output_timeout": _integer,
+    "allocation_timeout": _integer,
+    "job_priority": _integer,
+    "exclude_agents": _strings,
+    "job_status_webhook": _string,
+    "parent_job_id": _string,
+    "debug": _boolean,
+}
+_AGENT_FIELDS: dict[str, Check] = {
+    "identifier": _string,
+    "job_id": _string,
+    "location": _string,
+    "log": _strings,
+    "provision_type": _string,
+    "queues": _strings,
+    "state": _string,
+    "comment": _string,
+}
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    """(client_id, secret) from an HTTP Basic Authorization header, None if it is not one."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, colon, secret = decoded.partition(":")
+    return (client_id, secret) if colon else None
+
+
+def _jwt(claims: dict[str, Any], key: bytes) -> str:
+    """An HS256 JSON Web Token, shaped like the ones the real server issues."""
+
+    def encode(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signed = ".".join(
+        encode(json.dumps(part, separators=(",", ":")).encode())
+        for part in ({"alg": "HS256", "typ": "JWT"}, claims)
+    )
+    signature = hmac.new(key, signed.encode(), hashlib.sha256).digest()
+    return f"{signed}.{encode(signature)}"
