@@ -1,0 +1,271 @@
+"""`rackwatch` as a real process against the simulated lab served by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rackwatch.simlab import Behaviour, Lab, LabUrls, SimMachine, SimRack
+from rackwatch.store import Store
+
+
+@dataclass
+class Done:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Setup:
+    lab: Lab
+    urls: LabUrls
+    config: Path
+    state_file: Path
+
+
+def write_config(path: Path, lab: Lab, urls: LabUrls, state_file: Path, extra: str = "") -> Path:
+    path.write_text(f"""
+racks = {json.dumps(lab.rack_names)}
+state_file = "{state_file}"
+[maas]
+url = "{urls.maas}"
+api_key = "{lab.maas_api_key}"
+[testflinger]
+url = "{urls.testflinger}"
+[check]
+poll_interval = 0.1
+job_timeout = 3
+{extra}
+""")
+    return path
+
+
+async def start(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "rackwatch",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def rackwatch(*args: str, env: dict[str, str] | None = None) -> Done:
+    process = await start(*args, env=env)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return Done(process.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    b = Behaviour
+    lab = Lab(
+        [SimRack("r1", [SimMachine("r1-m1", b.PASS), SimMachine("r1-m2", b.OFFLINE)])],
+        provision_seconds=0.3,
+        pickup_seconds=0.05,
+    )
+    async with lab.serve() as urls:
+        state_file = tmp_path / "state.db"
+        yield Setup(
+            lab, urls, write_config(tmp_path / "rw.toml", lab, urls, state_file), state_file
+        )
+
+
+async def test_run_once_all_passed_exits_0(setup: Setup) -> None:
+    """Skips are not failures: one pass and one offline agent exit 0 with a table."""
+    done = await rackwatch("run-once", "--config", str(setup.config))
+    assert done.code == 0, done.err
+    assert "r1: ok" in done.out
+    assert "r1-m1" in done.out and "passed" in done.out
+    assert "offline" in done.out
+    assert "1 rack: 2 agents, 1 passed, 0 failed" in done.out
+
+
+async def test_run_once_json_has_exactly_the_documented_shape(setup: Setup) -> None:
+    """--json prints the racks with exactly the documented keys."""
+    done = await rackwatch("run-once", "r1", "--config", str(setup.config), "--json")
+    assert done.code == 0, done.err
+    data = json.loads(done.out)
+    assert list(data) == ["racks"]
+    [rack] = data["racks"]
+    assert set(rack) == {"rack", "status", "error", "started_at", "finished_at", "agents"}
+    assert (rack["rack"], rack["status"], rack["error"]) == ("r1", "ok", None)
+    agents = {a["agent"]: a for a in rack["agents"]}
+    assert set(agents["r1-m1"]) == {
+        "agent",
+        "machine",
+        "outcome",
+        "job_id",
+        "provision_status",
+        "detail",
+        "duration_s",
+    }
+    assert agents["r1-m1"]["outcome"] == "passed"
+    assert agents["r1-m1"]["provision_status"] == 0
+    assert agents["r1-m1"]["duration_s"] > 0
+    assert agents["r1-m2"]["outcome"] == "offline"
+    assert agents["r1-m2"]["job_id"] is None
+
+
+async def test_a_failed_check_exits_1(setup: Setup) -> None:
+    """A failed provisioning makes run-once exit 1."""
+    setup.lab.set_behaviour("r1-m1", Behaviour.FAIL)
+    done = await rackwatch("run-once", "--config", str(setup.config))
+    assert done.code == 1, done.err
+    assert "provisioning exited 1" in done.out
+
+
+async def test_an_unknown_rack_exits_69(setup: Setup) -> None:
+    """A rack that MAAS does not know cannot be checked: exit 69, the good rack still reported."""
+    done = await rackwatch("run-once", "r1", "nope", "--config", str(setup.config))
+    assert done.code == 69
+    assert "unknown rack 'nope'" in done.out
+    assert "r1: ok" in done.out
+
+
+async def test_an_unreachable_lab_exits_69_without_a_traceback(tmp_path: Path) -> None:
+    """Nothing listening: a clear rack error, exit 69, and no traceback."""
+    lab = Lab([SimRack("r1", [SimMachine("r1-m1")])])
+    urls = LabUrls(maas="http://127.0.0.1:9/MAAS/", testflinger="http://127.0.0.1:9/", port=9)
+    config = write_config(tmp_path / "rw.toml", lab, urls, tmp_path / "s.db")
+    done = await rackwatch(
+        "run-once", "--config", str(config), env={"RACKWATCH_TESTFLINGER__TIMEOUT": "1"}
+    )
+    assert done.code == 69
+    assert "cannot connect" in done.out
+    assert "Traceback" not in done.err + done.out
+
+
+async def test_dry_run_records_nothing(setup: Setup) -> None:
+    """--dry-run submits nothing and leaves no state file behind."""
+    done = await rackwatch("run-once", "--dry-run", "--config", str(setup.config))
+    assert done.code == 0, done.err
+    assert "ready" in done.out
+    assert setup.lab.submissions == []
+    assert not setup.state_file.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("racks = [\n", "config.toml"),
+        ('racks = ["r1"]\n[maas]\nurl = "http://m/MAAS/"\napi_key = "only:two"\n', "maas.api_key"),
+        ('racks = ["r1"]\n[maas]\nurll = "http://m/MAAS/"\n', "maas.urll"),
+        ('racks = [" "]\n[maas]\nurl = "http://m/"\napi_key = "a:b:c"\n', "racks"),
+        (
+            'racks = ["r1"]\n[maas]\nurl = "http://m/"\napi_key = "a:b:c"\n[check]\njob_timeout = "-1h"\n',
+            "check.job_timeout",
+        ),
+    ],
+)
+async def test_bad_configuration_exits_78_with_one_line(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    """A bad file gives one line naming the file and the key, exit 78, and no traceback."""
+    config = tmp_path / "config.toml"
+    config.write_text(content)
+    done = await rackwatch("run-once", "--config", str(config))
+    assert done.code == 78
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1, done.err
+    assert str(config) in lines[0] and message in lines[0]
+
+
+async def test_a_missing_config_file_exits_78(tmp_path: Path) -> None:
+    """The default path missing is a configuration error, not a crash."""
+    done = await rackwatch("run-once", env={"RACKWATCH_CONFIG": str(tmp_path / "none.toml")})
+    assert done.code == 78
+    assert "none.toml" in done.err
+
+
+@pytest.mark.parametrize("racks", [[" "], ["a/b"]])
+async def test_a_bad_rack_name_is_a_usage_error(setup: Setup, racks: list[str]) -> None:
+    """A blank or impossible rack name is refused before any request: exit 2."""
+    done = await rackwatch("run-once", *racks, "--config", str(setup.config))
+    assert done.code == 2
+    assert setup.lab.requests.total() == 0
+
+
+async def test_unknown_options_are_usage_errors() -> None:
+    """argparse's usage errors exit 2."""
+    done = await rackwatch("run-once", "--no-such-option")
+    assert done.code == 2
+
+
+async def test_ctrl_c_leaves_the_jobs_for_the_next_run(setup: Setup) -> None:
+    """SIGINT stops waiting, says the jobs stay recorded, and the next run finishes them."""
+    setup.lab.set_behaviour("r1-m1", Behaviour.SLOW)
+    process = await start("run-once", "--config", str(setup.config))
+    await _until(lambda: len(setup.lab.submissions) == 1)
+    process.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(process.communicate(), timeout=10)
+    assert process.returncode == 130
+    assert "1 job stays recorded" in err.decode() or "1 job stay recorded" in err.decode()
+    assert "Traceback" not in err.decode()
+
+    setup.lab.set_behaviour("r1-m1", Behaviour.PASS)
+    done = await rackwatch("run-once", "--config", str(setup.config), "--json")
+    [rack] = json.loads(done.out)["racks"]
+    # The slow job was tracked on, not submitted again.
+    assert len(setup.lab.submissions) == 1
+    assert {a["agent"]: a["job_id"] for a in rack["agents"]}["r1-m1"] == (
+        setup.lab.submissions[0]["job_id"]
+    )
+
+
+async def test_sigkill_mid_submission_loses_nothing_and_submits_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """Killed once half the jobs are submitted, a second run ends every agent, one job per queue."""
+    machines = [SimMachine(f"r1-m{i:02d}") for i in range(40)]
+    lab = Lab([SimRack("r1", machines)], provision_seconds=1.0, pickup_seconds=0.05)
+    async with lab.serve() as urls:
+        state_file = tmp_path / "state.db"
+        config = write_config(tmp_path / "rw.toml", lab, urls, state_file, "concurrency = 4\n")
+        process = await start("run-once", "--config", str(config))
+        await _until(lambda: len(lab.submissions) >= 20)
+        process.kill()
+        await process.wait()
+        killed_at = len(lab.submissions)
+        assert killed_at < 40, "the kill came too late to test anything"
+        with Store.open_readonly(state_file) as store:
+            assert store.unfinished(), "the first run left no unfinished job to resume"
+
+        done = await rackwatch("run-once", "--config", str(config), "--json")
+        assert done.code == 0, done.err
+
+    [rack] = json.loads(done.out)["racks"]
+    assert {a["outcome"] for a in rack["agents"]} == {"passed"}
+    assert len(rack["agents"]) == 40
+    for machine in machines:
+        assert len(lab.submissions_for(machine.hostname)) == 1, machine.hostname
+    with Store.open_readonly(state_file) as store:
+        assert store.unfinished() == []
+
+
+async def test_demo_runs_a_whole_cycle() -> None:
+    """The demo needs no configuration, shows every kind of outcome, and exits 0."""
+    done = await rackwatch("demo")
+    assert done.code == 0, done.err
+    for outcome in ("passed", "failed", "timed_out", "offline", "busy", "stale", "quarantined"):
+        assert f"  {outcome} " in done.out or f" {outcome}  " in done.out, outcome
+    assert "no_queue" in done.out and "no_agent" in done.out
+    assert "What the outcomes mean" in done.out
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(20):
+        while not condition():  # noqa: ASYNC110 - the lab changes state in its own handlers
+            await asyncio.sleep(0.01)
