@@ -103,40 +103,50 @@ class TestflingerClient:
         expect: Collection[int] = (200,),
         json_body: Any = None,
     ) -> Reply:
-        token = self._token
+        if self._login is None:
+            return await self._send(method, path, expect, json_body, token=None)
+        # A refused login raises from here: only a 401 to the call itself earns a replay.
+        token = await self._current_token()
         try:
-            return await self._send(method, path, expect, json_body)
+            return await self._send(method, path, expect, json_body, token=token)
         except UpstreamAuthError as exc:
-            if exc.status != 401 or self._login is None:
+            if exc.status != 401:
                 raise
-        await self._fresh_token(stale=token)
-        return await self._send(method, path, expect, json_body)
+        token = await self._fresh_token(stale=token)
+        return await self._send(method, path, expect, json_body, token=token)
 
-    async def _send(self, method: str, path: str, expect: Collection[int], json_body: Any) -> Reply:
+    async def _send(
+        self, method: str, path: str, expect: Collection[int], json_body: Any, *, token: str | None
+    ) -> Reply:
+        async def bearer() -> Mapping[str, str]:
+            return {"Authorization": f"Bearer {token}"}
+
         return await self._http.request(
             method,
             self._url + path,
             expect=expect,
             json_body=json_body,
-            headers=self._headers if self._login is not None else None,
+            headers=bearer if token is not None else None,
         )
 
-    async def _basic_auth(self) -> Mapping[str, str]:
-        assert self._login is not None
-        return {"Authorization": self._login}
-
-    async def _headers(self) -> Mapping[str, str]:
+    async def _current_token(self) -> str:
         if self._token is None or time.monotonic() >= self._token_expires:
-            await self._fresh_token(stale=self._token)
-        return {"Authorization": f"Bearer {self._token}"}
+            return await self._fresh_token(stale=self._token)
+        return self._token
 
-    async def _fresh_token(self, *, stale: str | None) -> None:
+    async def _fresh_token(self, *, stale: str | None) -> str:
         """Log in, unless another task already replaced the `stale` token meanwhile."""
         async with self._login_lock:
             if self._token is not None and self._token != stale:
-                return
+                return self._token
+            assert self._login is not None
+            basic = {"Authorization": self._login}
+
+            async def credentials() -> Mapping[str, str]:
+                return basic
+
             reply = await self._http.request(
-                "POST", self._url + "v1/oauth2/token", headers=self._basic_auth
+                "POST", self._url + "v1/oauth2/token", headers=credentials
             )
             data = reply.json()
             token = data.get("access_token") if isinstance(data, dict) else None
@@ -145,6 +155,7 @@ class TestflingerClient:
             expires_in = _int_or_none(data.get("expires_in")) or 600
             self._token = token
             self._token_expires = time.monotonic() + max(expires_in - TOKEN_MARGIN_S, 1.0)
+            return token
 
 
 def parse_agent(item: Any, what: str) -> Agent:

@@ -1,0 +1,524 @@
+"""The MAAS and Testflinger clients against the simulated lab, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import socket
+import time
+import traceback
+import uuid
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from rackwatch.clients import RetryPolicy, connect
+from rackwatch.config import Settings
+from rackwatch.errors import (
+    UnknownRackError,
+    UpstreamAuthError,
+    UpstreamResponseError,
+    UpstreamUnavailable,
+    UsageError,
+)
+from rackwatch.model import Machine
+from rackwatch.simlab import (
+    DEFAULT_MAAS_API_KEY,
+    Fault,
+    FaultKind,
+    Lab,
+    LabUrls,
+    SimMachine,
+    SimRack,
+)
+
+FAST = RetryPolicy(attempts=3, wait_initial_s=0.01, wait_max_s=0.05, timeout_s=5)
+MACHINES = "GET /MAAS/api/2.0/machines/"
+LOGIN = ("rackwatch", "s3cret-value-123456")
+WRONG_SECRET = "not-the-s3cret-987654"
+MAAS_SECRET = DEFAULT_MAAS_API_KEY.rsplit(":", 1)[1]
+# The lab's key with the right consumer and token keys but another token secret.
+WRONG_MAAS_SECRET = "WrongSecretOfTheRightShape0123456"
+WRONG_MAAS_KEY = DEFAULT_MAAS_API_KEY.rsplit(":", 1)[0] + ":" + WRONG_MAAS_SECRET
+
+
+class ObservedLab(Lab):
+    """A lab that also records what only the server sees: headers and requests in flight.
+
+    `answer_then_fail` makes the next MAAS requests be fully handled (so their OAuth nonce is
+    spent) and then answered 503, as when a proxy loses the answer on its way back.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.authorizations: list[tuple[str, str]] = []  # (path, Authorization header)
+        self.handled: list[int] = []  # statuses of MAAS answers that answer_then_fail dropped
+        self.answer_then_fail = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    def app(self) -> web.Application:
+        app = super().app()
+
+        @web.middleware
+        async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+            self.authorizations.append((request.path, request.headers.get("Authorization", "")))
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            try:
+                response = await handler(request)
+            finally:
+                self.in_flight -= 1
+            if request.path.startswith("/MAAS") and self.answer_then_fail > 0:
+                self.answer_then_fail -= 1
+                self.handled.append(response.status)
+                return web.Response(status=503, text="503 Service Unavailable\n")
+            return response
+
+        # Outermost, so that a SLOW fault's delay counts as time in flight.
+        app.middlewares.insert(0, observe)
+        return app
+
+    def nonces(self) -> list[str]:
+        """The oauth_nonce of every MAAS request, in order."""
+        found = []
+        for path, header in self.authorizations:
+            if path.startswith("/MAAS"):
+                found += [p.split("=", 1)[1] for p in header.split(", ") if "oauth_nonce=" in p]
+        return found
+
+
+def make_lab(**options: Any) -> ObservedLab:
+    """Two racks: rack-a with a deployed, a broken and an agentless ready machine; rack-b."""
+    rack_a = SimRack(
+        "rack-a",
+        [
+            SimMachine("a-m1"),
+            SimMachine("a-m2", maas_status="Broken"),
+            SimMachine("a-m3", behaviour=None, maas_status="Ready"),
+        ],
+    )
+    rack_b = SimRack("rack-b", [SimMachine("b-m1"), SimMachine("b-m2")])
+    return ObservedLab([rack_a, rack_b], **options)
+
+
+def settings_for(urls: LabUrls, **sections: dict[str, Any]) -> Settings:
+    """Settings pointing at a served lab, with the lab's MAAS key unless a section says otherwise."""
+    data: dict[str, Any] = {
+        "maas": {"url": urls.maas, "api_key": DEFAULT_MAAS_API_KEY},
+        "testflinger": {"url": urls.testflinger},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return Settings.from_mapping(data)
+
+
+def maas_requests(lab: Lab) -> int:
+    return sum(count for key, count in lab.requests.items() if " /MAAS/" in key)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def assert_nothing_says(texts: list[str], *secrets: str) -> None:
+    for secret in secrets:
+        for text in texts:
+            assert secret not in text
+
+
+# -- MAAS ----------------------------------------------------------------------------------------
+
+
+async def test_machines_of_a_rack_are_exactly_those_with_its_tag() -> None:
+    """machines(rack) answers the rack's machines, with their MAAS status and power state."""
+    lab = make_lab(extra_tags=["empty-rack"])
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        machines = await clients.maas.machines("rack-a")
+        empty = await clients.maas.machines("empty-rack")
+    ids = lab.system_ids
+    assert sorted(machines, key=lambda m: m.hostname) == [
+        Machine("a-m1", ids["a-m1"], "Deployed", "on", ("rack-a",)),
+        Machine("a-m2", ids["a-m2"], "Broken", "unknown", ("rack-a",)),
+        Machine("a-m3", ids["a-m3"], "Ready", "off", ("rack-a",)),
+    ]
+    assert empty == []
+
+
+async def test_every_maas_attempt_is_signed_anew() -> None:
+    """A retry after an answer that was lost carries a fresh nonce, which MAAS accepts."""
+    lab = make_lab()
+    lab.answer_then_fail = 1
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        machines = await clients.maas.machines("rack-b")
+    assert {m.hostname for m in machines} == {"b-m1", "b-m2"}
+    assert lab.handled == [200]  # the first attempt was accepted, so its nonce is spent
+    nonces = lab.nonces()
+    assert len(nonces) == 2
+    assert nonces[0] != nonces[1]
+
+
+@pytest.mark.parametrize("rack", ["", "   ", "rack a", "rack/a", "rack-a,rack-b"])
+async def test_a_rack_name_that_cannot_be_a_tag_is_refused_before_any_request(rack: str) -> None:
+    """A blank name (MAAS would list every machine) or one with odd characters is a UsageError."""
+    lab = make_lab()
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        with pytest.raises(UsageError):
+            await clients.maas.machines(rack)
+    assert maas_requests(lab) == 0
+
+
+async def test_an_unknown_tag_is_an_unknown_rack() -> None:
+    """MAAS's 400 for a tag it does not have becomes UnknownRackError naming the rack."""
+    lab = make_lab()
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        with pytest.raises(UnknownRackError) as caught:
+            await clients.maas.machines("rack-z")
+    assert caught.value.rack == "rack-z"
+    assert lab.requests[MACHINES] == 1
+
+
+async def test_a_wrong_maas_key_is_an_auth_error_that_quotes_no_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused key is not retried, and neither secret reaches the message or the logs."""
+    lab = make_lab()
+    caplog.set_level(logging.DEBUG)
+    async with lab.serve() as urls:
+        settings = settings_for(urls, maas={"api_key": WRONG_MAAS_KEY})
+        with structlog.testing.capture_logs() as logs:
+            async with connect(settings, FAST) as clients:
+                with pytest.raises(UpstreamAuthError) as caught:
+                    await clients.maas.machines("rack-a")
+    assert caught.value.status == 401
+    assert lab.requests[MACHINES] == 1
+    texts = [
+        str(caught.value),
+        "".join(traceback.format_exception(caught.value)),
+        caplog.text,
+        *(repr(entry) for entry in logs),
+    ]
+    assert_nothing_says(texts, MAAS_SECRET, WRONG_MAAS_SECRET)
+
+
+async def test_retry_after_sets_the_wait_before_the_next_attempt() -> None:
+    """A 503 with Retry-After: 0.3 is retried after 0.3 s, not after the policy's own backoff."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.UNAVAILABLE, "maas", retry_after=0.3))
+    policy = RetryPolicy(attempts=3, wait_initial_s=0.01, wait_max_s=1.0, timeout_s=5)
+    async with lab.serve() as urls, connect(settings_for(urls), policy) as clients:
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            machines = await clients.maas.machines("rack-a")
+            elapsed = time.monotonic() - started
+    assert len(machines) == 3
+    assert lab.requests[MACHINES] == 2
+    assert [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"] == [0.3]
+    assert elapsed >= 0.29
+
+
+async def test_retry_after_is_capped_by_the_policy() -> None:
+    """A server asking for a long wait gets at most wait_max_s."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.UNAVAILABLE, "maas", retry_after=30))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        with structlog.testing.capture_logs() as logs:
+            await clients.maas.machines("rack-a")
+    assert [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"] == [0.05]
+
+
+async def test_a_maas_conflict_is_retried() -> None:
+    """MAAS's 409 (a database conflict) is transient: two of them, then the machines."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.CONFLICT, "maas", times=2))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        machines = await clients.maas.machines("rack-b")
+    assert len(machines) == 2
+    assert lab.requests[MACHINES] == 3
+
+
+@pytest.mark.usefixtures("no_retry_waits")
+async def test_an_html_error_page_is_named_not_quoted() -> None:
+    """500s with an HTML page, every attempt, end as UpstreamUnavailable saying "an HTML page"."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.SERVER_ERROR, "maas", times=None))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await clients.maas.machines("rack-a")
+    assert lab.requests[MACHINES] == 3
+    assert caught.value.status == 500
+    assert "an HTML page" in str(caught.value)
+    assert "<" not in str(caught.value)
+
+
+async def test_a_malformed_answer_is_a_response_error_and_not_retried() -> None:
+    """A 200 whose body is cut-off JSON is UpstreamResponseError after one request."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.MALFORMED, "maas"))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        with pytest.raises(UpstreamResponseError) as caught:
+            await clients.maas.machines("rack-a")
+    assert lab.requests[MACHINES] == 1
+    assert "not JSON" in str(caught.value)
+
+
+async def test_a_maas_slower_than_its_timeout_is_unavailable() -> None:
+    """Answers later than maas.timeout are given up on, each attempt, then reported as no answer."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.SLOW, "maas", times=None, delay=1.0))
+    async with lab.serve() as urls:
+        settings = settings_for(urls, maas={"timeout": 0.2})
+        async with connect(settings, FAST) as clients:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await clients.maas.machines("rack-a")
+    assert lab.requests[MACHINES] == 3
+    assert caught.value.status is None
+    assert "no answer within 0.2 s" in str(caught.value)
+
+
+@pytest.mark.usefixtures("no_retry_waits")
+async def test_a_maas_that_refuses_connections_is_unavailable() -> None:
+    """Nothing listening on the port is UpstreamUnavailable, not an aiohttp exception."""
+    port = free_port()
+    settings = Settings.from_mapping(
+        {"maas": {"url": f"http://127.0.0.1:{port}/MAAS/", "api_key": DEFAULT_MAAS_API_KEY}}
+    )
+    async with connect(settings, FAST) as clients:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await clients.maas.machines("rack-a")
+    assert caught.value.status is None
+    assert "cannot connect" in str(caught.value)
+
+
+# -- Testflinger ---------------------------------------------------------------------------------
+
+
+async def test_agents_and_one_agent_by_name() -> None:
+    """agents() lists every agent; agent(name) reads one, or None for a name the server lacks."""
+    lab = make_lab()
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        agents = await clients.testflinger.agents()
+        one = await clients.testflinger.agent("a-m1")
+        missing = await clients.testflinger.agent("no-such-agent")
+    assert {agent.name for agent in agents} == {"a-m1", "a-m2", "b-m1", "b-m2"}
+    assert one is not None
+    assert one.state == "waiting"
+    assert one.queues == ("a-m1", "rack-a-any")
+    assert one.location == "RACK-A"
+    assert one.updated_at is not None
+    assert one.updated_at.tzinfo is not None
+    assert missing is None
+
+
+async def test_a_submitted_job_keeps_the_id_rackwatch_chose() -> None:
+    """submit answers the job_id we sent, and the server stored our queue and id."""
+    lab = make_lab()
+    job_id = str(uuid.uuid4())
+    job = {"job_queue": "a-m1", "job_id": job_id, "provision_data": {"distro": "noble"}}
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        answered = await clients.testflinger.submit(job)
+    assert answered == job_id
+    assert len(lab.submissions) == 1
+    assert lab.submissions[0]["job_queue"] == "a-m1"
+    assert lab.submissions[0]["job_id"] == job_id
+
+
+async def test_the_result_of_an_unknown_job_is_none() -> None:
+    """Testflinger's 204 for a job it does not have reads as None."""
+    lab = make_lab()
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        assert await clients.testflinger.result(str(uuid.uuid4())) is None
+
+
+async def test_a_job_is_followed_from_running_to_complete() -> None:
+    """result() shows the job's phases while it runs and its statuses once it has ended."""
+    lab = make_lab(provision_seconds=0.2, pickup_seconds=0.05)
+    job_id = str(uuid.uuid4())
+    job = {"job_queue": "a-m1", "job_id": job_id, "provision_data": {"distro": "noble"}}
+    states = []
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        tf = clients.testflinger
+        await tf.submit(job)
+        async with asyncio.timeout(5):
+            while True:
+                result = await tf.result(job_id)
+                assert result is not None
+                states.append(result.state)
+                if result.has_ended:
+                    break
+                await asyncio.sleep(0.02)
+        cancelled = await tf.cancel(job_id)
+    assert "provision" in states
+    assert result.state == "complete"
+    assert result.provision_status == 0
+    assert result.setup_status == 0
+    assert cancelled is False  # it had already ended
+
+
+async def test_cancel_is_true_only_for_a_job_that_had_not_ended() -> None:
+    """Cancelling a waiting job answers True; a cancelled or unknown job answers False."""
+    lab = make_lab()
+    job_id = str(uuid.uuid4())
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        tf = clients.testflinger
+        await tf.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
+        first = await tf.cancel(job_id)
+        again = await tf.cancel(job_id)
+        unknown = await tf.cancel(str(uuid.uuid4()))
+    assert (first, again, unknown) == (True, False, False)
+    assert lab.cancelled == [job_id]
+    assert lab.job_state(job_id) == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("job", "said"),
+    [
+        ({"job_queue": "a-m1", "bogus": 1}, "bogus: Unknown field."),
+        ({"job_queue": ""}, "job_queue: Shorter than minimum length 1."),
+        ({"job_queue": "a-m1", "job_id": "not-a-uuid"}, "Invalid job_id specified"),
+    ],
+)
+async def test_testflinger_error_bodies_become_readable_messages(
+    job: dict[str, Any], said: str
+) -> None:
+    """Validation errors and explicit aborts arrive as the server's words, not raw JSON."""
+    lab = make_lab()
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        with pytest.raises(UpstreamResponseError) as caught:
+            await clients.testflinger.submit(job)
+    assert said in str(caught.value)
+    assert "{" not in str(caught.value)
+    assert lab.requests["POST /v1/job"] == 1  # not retried
+
+
+async def test_a_plain_text_error_becomes_a_readable_message() -> None:
+    """The plain-text shape (cancelling a job id that is not a UUID) is quoted as a line."""
+    lab = make_lab()
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        with pytest.raises(UpstreamResponseError) as caught:
+            await clients.testflinger.cancel("not-a-uuid")
+    assert caught.value.status == 400
+    assert str(caught.value).endswith("answered 400: Invalid job id")
+
+
+async def test_a_fault_on_one_path_is_retried() -> None:
+    """Two 503s on the result path are retried; the third attempt reads the result."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.UNAVAILABLE, "testflinger", path="/v1/result/", times=2))
+    job_id = str(uuid.uuid4())
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        await clients.testflinger.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
+        result = await clients.testflinger.result(job_id)
+    assert result is not None
+    assert result.state == "waiting"
+    assert lab.requests["GET /v1/result/{job_id}"] == 3
+    assert lab.requests["POST /v1/job"] == 1
+
+
+async def test_requests_in_flight_are_bounded_by_check_concurrency() -> None:
+    """With check.concurrency = 2, six slow agent reads are never more than two at the server."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.SLOW, "testflinger", path="/v1/agents/data/", times=None, delay=0.2))
+    async with lab.serve() as urls:
+        settings = settings_for(urls, check={"concurrency": 2})
+        async with connect(settings, FAST) as clients:
+            names = ["a-m1", "a-m2", "b-m1", "b-m2", "a-m1", "b-m1"]
+            agents = await asyncio.gather(*(clients.testflinger.agent(n) for n in names))
+    assert [agent.name if agent else None for agent in agents] == names
+    assert lab.requests["GET /v1/agents/data/{agent_name}"] == 6
+    assert lab.peak_in_flight == 2
+
+
+# -- Testflinger login ---------------------------------------------------------------------------
+
+
+def login_settings(urls: LabUrls, secret: str = LOGIN[1]) -> Settings:
+    return settings_for(urls, testflinger={"client_id": LOGIN[0], "secret": secret})
+
+
+async def test_one_login_serves_many_calls_even_concurrent_ones() -> None:
+    """Against a locked-down server, calls carry a Bearer token from a single login."""
+    lab = make_lab(testflinger_login=LOGIN)
+    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+        tf = clients.testflinger
+        names = ["a-m1", "a-m2", "b-m1", "b-m2"]
+        listed, found = await asyncio.gather(
+            tf.agents(), asyncio.gather(*(tf.agent(name) for name in names))
+        )
+        await tf.result(str(uuid.uuid4()))
+        await tf.agents()
+    assert len(listed) == 4
+    assert [agent.name if agent else None for agent in found] == names
+    assert lab.logins == 1
+    assert lab.requests["POST /v1/oauth2/token"] == 1
+    api_calls = [header for path, header in lab.authorizations if path != "/v1/oauth2/token"]
+    assert len(api_calls) == 7
+    assert all(header.startswith("Bearer ") for header in api_calls)
+
+
+async def test_an_expired_token_is_renewed_once_and_the_call_replayed() -> None:
+    """After the server expires the token, the next call logs in again once and succeeds."""
+    lab = make_lab(testflinger_login=LOGIN)
+    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+        await clients.testflinger.agents()
+        lab.expire_tokens()
+        agents = await clients.testflinger.agents()
+    assert len(agents) == 4
+    assert lab.logins == 2
+    assert lab.requests["GET /v1/agents/data"] == 3  # one, then one refused and its replay
+
+
+async def test_a_wrong_testflinger_secret_is_an_auth_error_that_quotes_no_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused login is UpstreamAuthError, and no secret reaches the message or the logs."""
+    lab = make_lab(testflinger_login=LOGIN)
+    # A 503 first, so that the logs hold a retry event whose text is checked too.
+    lab.inject(Fault(FaultKind.UNAVAILABLE, "testflinger", path="/v1/oauth2/token"))
+    caplog.set_level(logging.DEBUG)
+    basic = base64.b64encode(f"{LOGIN[0]}:{WRONG_SECRET}".encode()).decode()
+    async with lab.serve() as urls:
+        with structlog.testing.capture_logs() as logs:
+            async with connect(login_settings(urls, WRONG_SECRET), FAST) as clients:
+                with pytest.raises(UpstreamAuthError) as caught:
+                    await clients.testflinger.agents()
+    assert caught.value.status == 401
+    assert lab.logins == 0
+    assert lab.requests["GET /v1/agents/data"] == 0
+    assert any(entry["event"] == "stamina.retry_scheduled" for entry in logs)
+    texts = [
+        str(caught.value),
+        "".join(traceback.format_exception(caught.value)),
+        caplog.text,
+        *(repr(entry) for entry in logs),
+    ]
+    assert_nothing_says(texts, LOGIN[1], WRONG_SECRET, basic)
+
+
+async def test_a_refused_login_is_not_tried_again_in_the_same_call() -> None:
+    """A 401 from the login itself ends the call: logging in again cannot help."""
+    lab = make_lab(testflinger_login=LOGIN)
+    async with lab.serve() as urls, connect(login_settings(urls, WRONG_SECRET), FAST) as clients:
+        with pytest.raises(UpstreamAuthError):
+            await clients.testflinger.agents()
+    assert lab.requests["POST /v1/oauth2/token"] == 1
+
+
+async def test_no_login_against_a_locked_down_server_is_an_auth_error() -> None:
+    """Without a client id, a server that requires login refuses us with UpstreamAuthError."""
+    lab = make_lab(testflinger_login=LOGIN)
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        with pytest.raises(UpstreamAuthError) as caught:
+            await clients.testflinger.agents()
+    assert caught.value.status == 401
+    assert "Authentication is required" in str(caught.value)
+    assert lab.requests["GET /v1/agents/data"] == 1
+    assert lab.requests["POST /v1/oauth2/token"] == 0
