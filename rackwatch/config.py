@@ -346,11 +346,13 @@ def _read_credentials() -> dict[str, Any]:
         if folder is None or not (Path(folder) / name).exists():
             continue
         try:
-            found.setdefault(section, {})[key] = (Path(folder) / name).read_text().strip()
+            value = (Path(folder) / name).read_text().strip()
         except OSError as exc:
             raise ConfigError(f"{Path(folder) / name}: cannot read: {exc.strerror}") from None
         except UnicodeDecodeError:  # its message would quote a byte of the secret
             raise ConfigError(f"{Path(folder) / name}: not UTF-8 text") from None
+        if value:  # an empty credential (LoadCredential= needs a file) sets nothing
+            found.setdefault(section, {})[key] = value
     return found
 
 

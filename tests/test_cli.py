@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rackwatch.simlab import Behaviour, Lab, LabUrls, SimMachine, SimRack
+from rackwatch.simlab import Behaviour, Fault, FaultKind, Lab, LabUrls, SimMachine, SimRack
 from rackwatch.store import Store
 
 
@@ -234,12 +234,19 @@ async def test_sigkill_mid_submission_loses_nothing_and_submits_nothing_twice(
     async with lab.serve() as urls:
         state_file = tmp_path / "state.db"
         config = write_config(tmp_path / "rw.toml", lab, urls, state_file, "concurrency = 4\n")
+        # Slow submissions (4 at a time, 0.1 s each) so that the kill lands mid-way.
+        lab.inject(
+            Fault(
+                FaultKind.SLOW, "testflinger", path="/v1/job", method="POST", times=None, delay=0.1
+            )
+        )
         process = await start("run-once", "--config", str(config))
         await _until(lambda: len(lab.submissions) >= 20)
         process.kill()
         await process.wait()
         killed_at = len(lab.submissions)
         assert killed_at < 40, "the kill came too late to test anything"
+        lab.clear_faults()
         with Store.open_readonly(state_file) as store:
             assert store.unfinished(), "the first run left no unfinished job to resume"
 

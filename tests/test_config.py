@@ -470,6 +470,15 @@ def test_precedence_is_env_then_credentials_then_file(
     assert load_text(tmp_path, MAAS).maas.api_key.get_secret_value() == "env:env:env"
 
 
+def test_an_empty_credential_file_sets_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LoadCredential= needs a file even when unused; an empty one leaves the file's value."""
+    write_credentials(tmp_path, monkeypatch, testflinger_secret="\n")
+    settings = load_text(tmp_path, MAAS + '[testflinger]\nclient_id = "me"\nsecret = "file"\n')
+    assert settings.testflinger.secret.get_secret_value() == "file"
+
+
 def test_secret_without_client_id_is_ignored(tmp_path: Path) -> None:
     """A secret alone does not turn login on, and is not an error either."""
     settings = load_text(tmp_path, MAAS + '[testflinger]\nsecret = "s"\n')
