@@ -1,0 +1,96 @@
+"""systemd/rackwatch.service as systemd itself reads it: `systemd-analyze verify` and `security`.
+
+`verify` exits 0 even for an unknown key or a bad value, so the tests fail on any output. It also
+needs ExecStart's program to exist, so each test checks a copy whose ExecStart points at this
+venv's own `rackwatch` script; it does not look at the LoadCredential= source files.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).parent.parent / "systemd" / "rackwatch.service"
+INSTALLED_RACKWATCH = "/opt/rackwatch/.venv/bin/rackwatch"
+# Best first, as systemd-analyze labels an exposure score.
+ACCEPTED_LEVELS = ("SAFE", "OK")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+def checkable_copy(folder: Path, text: str | None = None) -> Path:
+    """The unit (or `text`) in `folder`, with ExecStart on a rackwatch that exists here."""
+    here = Path(sys.executable).parent / "rackwatch"
+    assert here.is_file(), f"{here} is missing: is rackwatch installed in this venv?"
+    text = UNIT.read_text() if text is None else text
+    assert text.count(f"ExecStart={INSTALLED_RACKWATCH} ") == 1
+    path = folder / "rackwatch.service"
+    path.write_text(text.replace(f"ExecStart={INSTALLED_RACKWATCH} ", f"ExecStart={here} "))
+    return path
+
+
+def analyze(*args: str) -> str:
+    """systemd-analyze's stdout and stderr together."""
+    done = subprocess.run(
+        ["systemd-analyze", "--no-pager", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=False,
+    )
+    return done.stdout + done.stderr
+
+
+def exposure(unit: Path) -> tuple[float, str]:
+    """The overall exposure score and its label from `systemd-analyze security --offline=yes`."""
+    out = analyze("security", "--offline=yes", str(unit))
+    found = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?) ([A-Z]+)", out)
+    assert found, out
+    return float(found[1]), found[2]
+
+
+def test_verify_prints_nothing(tmp_path: Path) -> None:
+    """systemd-analyze verify finds nothing to say about the unit."""
+    assert analyze("verify", str(checkable_copy(tmp_path))) == ""
+
+
+def test_security_rates_the_unit_ok_or_better(tmp_path: Path) -> None:
+    """systemd-analyze security rates the unit's sandbox OK or SAFE."""
+    score, level = exposure(checkable_copy(tmp_path))
+    assert level in ACCEPTED_LEVELS, f"exposure {score} {level}"
+
+
+@pytest.mark.parametrize(
+    ("good", "bad"),
+    [
+        ("ProtectSystem=strict", "ProtectSytem=strict"),
+        ("Restart=on-failure", "Restart=on-failur"),
+        ("ExecReload=/bin/kill", "ExecReload=/nonexistent/kill"),
+    ],
+)
+def test_verify_reports_a_broken_unit(tmp_path: Path, good: str, bad: str) -> None:
+    """A misspelt key, a bad value or a missing program makes verify print something."""
+    text = UNIT.read_text()
+    assert good in text
+    unit = checkable_copy(tmp_path, text.replace(good, bad))
+    assert analyze("verify", str(unit)) != ""
+
+
+def test_security_rates_an_unhardened_unit_worse(tmp_path: Path) -> None:
+    """Without its [Service] sandboxing the unit falls below OK, so the rating check can fail."""
+    kept = []
+    for line in UNIT.read_text().splitlines():
+        if line.startswith(("Protect", "Private", "Restrict", "SystemCall", "Capability")):
+            continue
+        if line.startswith(("DynamicUser=", "NoNewPrivileges=", "MemoryDeny", "LockPersonality=")):
+            continue
+        kept.append(line)
+    score, level = exposure(checkable_copy(tmp_path, "\n".join(kept) + "\n"))
+    assert level not in ACCEPTED_LEVELS, f"exposure {score} {level}"
