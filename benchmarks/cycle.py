@@ -1,0 +1,269 @@
+"""Benchmark of one check cycle: `rackwatch run-once` over a large simulated lab.
+
+The lab is served by this process; rackwatch runs as a process of its own, so the wall time,
+CPU and peak memory measured are rackwatch's alone. Both share the machine's cores, so the
+lab's own CPU is printed too. rackwatch runs with its bytecode cached (in a private folder), as
+an installed rackwatch does, even where PYTHONDONTWRITEBYTECODE is set. Run from the project root:
+
+    python3 -m uv run python benchmarks/cycle.py --racks 20 --per-rack 100 --provision-seconds 5
+
+Exit status: 0 when every target is met, 1 when one is missed or the jobs did not all pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rackwatch.simlab import Lab, LabUrls, uniform_lab
+from rackwatch.simlab.lab import SimAgent
+
+PEAK_RSS_TARGET_MB = 150.0
+WALL_TARGET_FACTOR = 1.5  # the cycle may take this many times one job's provisioning
+# Variables that would override the benchmark's configuration file in the rackwatch process,
+# or keep it from caching its bytecode.
+DROPPED_PREFIXES = ("RACKWATCH_", "MAAS_", "CREDENTIALS_DIRECTORY", "PYTHONDONTWRITEBYTECODE")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one run-once process did and cost."""
+
+    exit_code: int
+    startup_s: tuple[float, float]  # `rackwatch --version`: with bytecode cached, and without
+    wall_s: float
+    cpu_s: float  # user + sys
+    peak_rss_mb: float
+    lab_cpu_s: float  # this process: the lab, and reading rackwatch's output
+    others_cpu_s: float | None  # every other process on the machine, where /proc/stat tells
+    requests: Counter[str]
+    report: dict[str, Any]  # run-once --json, or {} when it printed none
+    stderr: str
+
+
+class JobClock:
+    """Times each job from its submission to its end (cleanup done), as the lab plays it.
+
+    The lab keeps no timestamps, so this wraps its submit_job and its private _finish step.
+    """
+
+    def __init__(self, lab: Lab) -> None:
+        self.seconds: list[float] = []
+        self._started: dict[str, float] = {}
+        submit, finish = lab.submit_job, lab._finish
+
+        def timed_submit(body: dict[str, Any], job_id: str | None = None) -> str:
+            stored = submit(body, job_id)
+            self._started.setdefault(stored, time.monotonic())
+            return stored
+
+        def timed_finish(agent: SimAgent) -> None:
+            job = agent.job
+            finish(agent)
+            if job is not None and job.job_id in self._started:
+                self.seconds.append(time.monotonic() - self._started.pop(job.job_id))
+
+        setattr(lab, "submit_job", timed_submit)  # noqa: B010 - mypy forbids assigning a method
+        setattr(lab, "_finish", timed_finish)  # noqa: B010
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot; None off Linux."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def write_config(folder: Path, lab: Lab, urls: LabUrls, args: argparse.Namespace) -> Path:
+    racks = ", ".join(json.dumps(rack) for rack in lab.rack_names)
+    config = folder / "rackwatch.toml"
+    config.write_text(
+        f"racks = [{racks}]\n"
+        f"state_file = {json.dumps(str(folder / 'state.db'))}\n"
+        "[maas]\n"
+        f"url = {json.dumps(urls.maas)}\n"
+        f"api_key = {json.dumps(lab.maas_api_key)}\n"
+        "[testflinger]\n"
+        f"url = {json.dumps(urls.testflinger)}\n"
+        "[check]\n"
+        f"poll_interval = {args.poll_interval}\n"
+        f"concurrency = {args.concurrency}\n"
+        f"job_timeout = {10 * args.provision_seconds}\n"
+    )
+    return config
+
+
+def rackwatch_env(scratch: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_PREFIXES)}
+    return {**env, "PYTHONPYCACHEPREFIX": str(scratch / "pycache")}
+
+
+def startup_seconds(env: dict[str, str]) -> float:
+    """Wall time of `rackwatch --version`: starting Python and importing rackwatch."""
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "rackwatch", "--version"]
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+async def run_once(lab: Lab, args: argparse.Namespace) -> Measured:
+    """Serve the lab and run one `rackwatch run-once --json` process against it."""
+    with tempfile.TemporaryDirectory(prefix="rackwatch-bench-") as scratch:
+        env = rackwatch_env(Path(scratch))
+        uncached = startup_seconds({**env, "PYTHONDONTWRITEBYTECODE": "1"})  # the cache is empty
+        startup_seconds(env)  # fills it
+        startup = (startup_seconds(env), uncached)
+        async with lab.serve() as urls:
+            config = write_config(Path(scratch), lab, urls, args)
+            command = ["run-once", "--config", str(config), "--json", "--log-level", "warning"]
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            lab_cpu = time.process_time()
+            busy = machine_busy_seconds()
+            started = time.perf_counter()
+            process = await asyncio.create_subprocess_exec(
+                *[sys.executable, "-m", "rackwatch", *command],
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            stdout, stderr = await process.communicate()
+            wall = time.perf_counter() - started
+            lab_cpu = time.process_time() - lab_cpu
+            busy_end = machine_busy_seconds()
+    # The child has been reaped: its usage is now in RUSAGE_CHILDREN (ru_maxrss in KiB on Linux).
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - children.ru_utime - children.ru_stime
+    try:
+        report = json.loads(stdout) if stdout.strip() else {}
+    except ValueError:
+        report = {}
+    return Measured(
+        exit_code=process.returncode if process.returncode is not None else -1,
+        startup_s=startup,
+        wall_s=wall,
+        cpu_s=cpu,
+        peak_rss_mb=usage.ru_maxrss / 1024,
+        lab_cpu_s=lab_cpu,
+        others_cpu_s=None if busy is None or busy_end is None else busy_end - busy - cpu - lab_cpu,
+        requests=Counter(lab.requests),
+        report=report,
+        stderr=stderr.decode(errors="replace"),
+    )
+
+
+def row(name: str, value: str, target: str, met: bool) -> bool:
+    print(f"  {name:<16}{value:<34}{target:<26}{'PASS' if met else 'MISS'}")
+    return met
+
+
+def spread(values: Sequence[float]) -> str:
+    if not values:
+        return "none measured"
+    return f"median {statistics.median(values):.2f} s, max {max(values):.2f} s"
+
+
+def print_results(args: argparse.Namespace, run: Measured, job_seconds: list[float]) -> bool:
+    """Print the figures next to their targets; True when the run is valid and meets them all."""
+    agents = args.racks * args.per_rack
+    job_s, poll_s = args.provision_seconds, args.poll_interval
+    checks = [a for rack in run.report.get("racks", []) for a in rack.get("agents", [])]
+    outcomes = Counter(str(check.get("outcome")) for check in checks)
+    seen = [float(c["duration_s"]) for c in checks if c.get("duration_s") is not None]
+    valid = run.exit_code == 0 and outcomes["passed"] == agents == len(checks)
+
+    wall_target = WALL_TARGET_FACTOR * job_s
+    total_requests = sum(run.requests.values())
+    per_agent = total_requests / agents
+    requests_target = 2 + job_s / poll_s + 1
+
+    print(
+        f"rackwatch run-once: {args.racks} racks x {args.per_rack} = {agents} agents, "
+        f"provision {job_s:g} s, pickup {args.pickup_seconds:g} s, poll every {poll_s:g} s, "
+        f"concurrency {args.concurrency}"
+    )
+    print(f"  cores: {os.cpu_count()}, shared by rackwatch and the simulated lab (this process)")
+    print(
+        f"  startup (rackwatch --version): {run.startup_s[0]:.2f} s with bytecode cached, "
+        f"{run.startup_s[1]:.2f} s without (compiling every module)"
+    )
+    print(f"  exit code {run.exit_code}; outcomes: {dict(outcomes) or 'none'}")
+    print(f"  every agent passed: {'yes' if valid else 'NO - the figures below measure nothing'}")
+    print(f"  job time: provision {job_s:g} s; lab end-to-end {spread(job_seconds)}")
+    print(f"            submitted-to-seen-ended by rackwatch {spread(seen)}")
+    print()
+    wall, rss = run.wall_s, run.peak_rss_mb
+    met = [
+        row(
+            "wall time",
+            f"{wall:.2f} s = {wall / job_s:.2f} x job time",
+            f"<= {wall_target:g} s ({WALL_TARGET_FACTOR:g} x)",
+            wall <= wall_target,
+        ),
+        row(
+            "peak RSS", f"{rss:.1f} MB", f"<= {PEAK_RSS_TARGET_MB:g} MB", rss <= PEAK_RSS_TARGET_MB
+        ),
+        row(
+            "requests/agent",
+            f"{per_agent:.3f} ({total_requests} requests)",
+            f"<= {requests_target:g} (2 + {job_s:g}/{poll_s:g} + 1)",
+            per_agent <= requests_target,
+        ),
+    ]
+    print(
+        f"  {'CPU (user+sys)':<16}{run.cpu_s:.2f} s = {1000 * run.cpu_s / agents:.2f} ms/agent"
+        f"   (the lab's process: {run.lab_cpu_s:.2f} s)"
+    )
+    if run.others_cpu_s is not None:
+        print(f"  other processes used {max(0.0, run.others_cpu_s):.2f} CPU s meanwhile (noise)")
+    print()
+    print("  requests by route:")
+    for route, count in run.requests.most_common():
+        print(f"    {count:>7}  {count / agents:>6.3f}/agent  {route}")
+    if run.exit_code != 0 or not valid:
+        print("\nrackwatch's stderr (last lines):")
+        print("\n".join(run.stderr.strip().splitlines()[-20:]))
+    return valid and all(met)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--racks", type=int, default=20)
+    parser.add_argument("--per-rack", type=int, default=100, help="agents per rack")
+    parser.add_argument("--provision-seconds", type=float, default=5.0, help="the job time")
+    parser.add_argument("--pickup-seconds", type=float, default=0.2, help="also setup, cleanup")
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="check.poll_interval")
+    parser.add_argument("--concurrency", type=int, default=50, help="check.concurrency")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    lab = uniform_lab(
+        args.racks,
+        args.per_rack,
+        provision_seconds=args.provision_seconds,
+        pickup_seconds=args.pickup_seconds,
+    )
+    clock = JobClock(lab)
+    run = asyncio.run(run_once(lab, args))
+    return 0 if print_results(args, run, clock.seconds) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
