@@ -1,9 +1,9 @@
 """The `rackwatch` command: parses arguments, builds the parts, prints, and maps errors to exit codes.
 
 This is the only module that prints. Exit codes follow sysexits where one fits:
-0 all good, 1 a check failed, 2 usage, 69 a rack could not be checked (EX_UNAVAILABLE),
-73 the state file cannot be created (EX_CANTCREAT), 78 bad configuration (EX_CONFIG),
-130 interrupted.
+0 all good, 1 a check failed, 2 usage, 66 the state file cannot be read (EX_NOINPUT),
+69 a rack could not be checked (EX_UNAVAILABLE), 73 the state file cannot be created
+(EX_CANTCREAT), 78 bad configuration (EX_CONFIG), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,17 +15,20 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from rackwatch import __version__, logs, report
-from rackwatch.check import Checker, CheckPlan, RackReport, Tally
+from rackwatch.check import Checker, CheckPlan, RackReport, Tally, utc_now
 from rackwatch.clients import RetryPolicy, check_rack_name, connect
-from rackwatch.config import Settings, load_settings
-from rackwatch.errors import ConfigError, StoreError, UsageError
-from rackwatch.store import Store
+from rackwatch.config import Settings, StateSettings, load_settings, load_state_settings
+from rackwatch.errors import ConfigError, StoreError, UpstreamError, UsageError
+from rackwatch.schedule import next_check
+from rackwatch.store import AgentState, CycleRecord, Store
 
 EXIT_USAGE = 2
+EXIT_NOINPUT = 66
+EXIT_UNAVAILABLE = 69
 EXIT_CANTCREAT = 73
 EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
@@ -54,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rackwatch {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
+    run = _command(
+        commands,
+        "run",
+        "check every configured rack on its schedule, until stopped (the systemd service)",
+        "rackwatch run --config /etc/rackwatch/config.toml",
+    )
+    _config_option(run)
+    _log_options(run)
+    run.set_defaults(handler=cmd_run)
+
     run_once = _command(
         commands,
         "run-once",
@@ -78,7 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the results as JSON")
     _log_options(demo)
     demo.set_defaults(handler=cmd_demo)
+    _add_operator_commands(commands)
     return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rackwatch.daemon import Daemon
+
+    settings = load_settings(args.config)
+    _configure_logs(args, settings, default="info")
+    daemon = Daemon(settings, config_path=args.config)
+    return asyncio.run(daemon.serve())
 
 
 def cmd_run_once(args: argparse.Namespace) -> int:
@@ -88,7 +111,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
         raise UsageError("no rack named, and the configuration lists none (racks = [...])")
     for rack in racks:
         check_rack_name(rack)
-    _configure_logs(args)
+    _configure_logs(args, settings)
     with ExitStack() as stack:
         if args.dry_run:
             # A dry run records nothing: it works on a throwaway state file.
@@ -222,10 +245,13 @@ def _interrupted(state_file: Path) -> int:
     )
 
 
-def _configure_logs(args: argparse.Namespace, default: str | None = None) -> None:
+def _configure_logs(
+    args: argparse.Namespace, settings: Settings | None = None, default: str | None = None
+) -> None:
     # On a terminal the progress line says what happens; logs say only what goes wrong.
     default = default or ("warning" if sys.stderr.isatty() else "info")
-    logs.configure(args.log_level or default, args.log_format)
+    secrets = settings.secret_values() if settings else ()
+    logs.configure(args.log_level or default, args.log_format, secrets=secrets)
 
 
 def _command(
@@ -253,9 +279,247 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    parser.add_argument(
+        "--log-format", choices=("auto", "console", "json", "journald"), default="auto"
+    )
 
 
 def _fail(message: str, code: int) -> int:
     print(f"rackwatch: {message}", file=sys.stderr)
     return code
+
+
+# The operator's commands: status, history and check-config.
+
+STATUS_HELP = """\
+Show where each agent stands, read from the state file. Safe while the daemon runs: the file
+is opened read-only.
+
+A header per rack gives its last cycle (when it started, its status and how long it took, or
+"running") and when the next one is due. Then one row per agent:
+  LAST OUTCOME   the outcome of its latest finished check, and WHEN that check ended
+  FAILURES       its checks that failed or timed out in a row, counting back from the latest
+                 to its last pass; skips and errors neither end nor extend the run
+  LAST PASSED    when its latest passed check ended ("never" if none did)
+  JOB IN FLIGHT  the id of its rackwatch job that has no outcome yet
+An agent is listed under the rack of its latest check. The racks are those named, else every
+configured rack and every rack recorded in the state file.
+
+--json prints {"racks": [{"rack", "last_cycle", "next_check", "agents"}]}: last_cycle is null
+or {"started_at", "finished_at", "status", "error", "duration_s"} (status "running" until it
+ends), next_check is null for a rack that is not configured, and each agent is {"agent",
+"machine", "last_outcome", "last_checked_at", "consecutive_failures", "last_passed_at",
+"job_in_flight", "detail"}. Times are UTC ISO 8601.
+
+Exits 0, also when no check is recorded yet; 2 for a named rack that is neither configured
+nor recorded; 66 when the state file cannot be read."""
+
+HISTORY_HELP = """\
+Show one agent's checks, newest first: when each started (UTC), its rack, outcome, job id,
+provision_status, how long its job took, and the detail. Read-only, like status.
+
+--json prints {"agent", "checks": [{"rack", "machine", "outcome", "job_id", "queue",
+"provision_status", "detail", "created_at", "submitted_at", "finished_at", "duration_s"}]};
+outcome is null while the job is in flight. Times are UTC ISO 8601.
+
+Exits 0; 1 when the state file holds no check of the agent; 66 when it cannot be read."""
+
+CHECK_CONFIG_HELP = """\
+Check the configuration file, then try it out: list each configured rack's machines from
+MAAS, log in to Testflinger when client_id is set, and list Testflinger's agents. Prints one
+line per check and never a secret. Submits nothing and writes no state.
+
+Exits 0 when every check passed; 69 when MAAS or Testflinger failed one (the last line names
+which); 78 when the configuration is invalid."""
+
+# Enough to tell a flaky answer from a dead or misconfigured service, without a long wait.
+CHECK_CONFIG_RETRY = RetryPolicy(attempts=2, timeout_s=10.0, wait_initial_s=0.5, wait_max_s=2.0)
+
+# What trying one service printed, and what failed if anything did.
+_Trial = tuple[list[str], str | None]
+
+
+def _add_operator_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    status = _command(
+        commands,
+        "status",
+        "show where each agent stands: last outcome, failures in a row, job in flight",
+        "rackwatch status tor3-a --config /etc/rackwatch/config.toml",
+    )
+    _explain(status, STATUS_HELP)
+    status.add_argument("racks", nargs="*", metavar="RACK", help="default: every known rack")
+    _config_option(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(handler=cmd_status)
+
+    history = _command(
+        commands,
+        "history",
+        "show an agent's checks, newest first",
+        "rackwatch history tor3-a-m07 --limit 50",
+    )
+    _explain(history, HISTORY_HELP)
+    history.add_argument("agent", metavar="AGENT", help="the agent's name, as status lists it")
+    history.add_argument(
+        "--limit", type=_positive_int, default=20, metavar="N", help="show N checks (default: 20)"
+    )
+    _config_option(history)
+    history.add_argument("--json", action="store_true", help="print the checks as JSON")
+    history.set_defaults(handler=cmd_history)
+
+    check_config = _command(
+        commands,
+        "check-config",
+        "validate the configuration and try MAAS and Testflinger with it",
+        "rackwatch check-config --config /etc/rackwatch/config.toml",
+    )
+    _explain(check_config, CHECK_CONFIG_HELP)
+    _config_option(check_config)
+    check_config.set_defaults(handler=cmd_check_config)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = load_state_settings(args.config)
+    named: list[str] = [check_rack_name(rack) for rack in args.racks]
+    state_file = settings.state_file
+    now = utc_now()
+    if not state_file.exists():
+        _refuse_unknown_racks(named, settings.racks, [])
+        if not args.json:
+            print(f"no checks recorded yet: {state_file} does not exist")
+            return 0
+        racks = [_rack_status(settings, rack, None, [], now) for rack in named or settings.racks]
+        print(report.status_json(racks))
+        return 0
+    try:
+        with Store.open_readonly(state_file) as store, store.reading():
+            recorded = store.racks()
+            _refuse_unknown_racks(named, settings.racks, recorded)
+            names = named or [*settings.racks, *(r for r in recorded if r not in settings.racks)]
+            racks = [
+                _rack_status(settings, rack, store.last_cycle(rack), store.agent_states(rack), now)
+                for rack in names
+            ]
+    except StoreError as exc:
+        return _fail(str(exc), EXIT_NOINPUT)
+    if args.json:
+        print(report.status_json(racks))
+    elif not racks:
+        print(f"no racks: none configured, and none recorded in {state_file}")
+    else:
+        print(report.status_text(racks, now))
+    return 0
+
+
+def _rack_status(
+    settings: StateSettings,
+    rack: str,
+    last_cycle: CycleRecord | None,
+    agents: list[AgentState],
+    now: datetime,
+) -> report.RackStatus:
+    due = None
+    if rack in settings.racks:
+        due = next_check(
+            rack,
+            last_cycle.started_at if last_cycle else None,
+            now=now,
+            interval=settings.schedule.interval,
+            jitter=settings.schedule.jitter,
+        )
+    return report.RackStatus(rack, last_cycle, due, agents)
+
+
+def _refuse_unknown_racks(
+    named: Sequence[str], configured: Sequence[str], recorded: Sequence[str]
+) -> None:
+    unknown = [rack for rack in named if rack not in configured and rack not in recorded]
+    if unknown:
+        listed = ", ".join(repr(rack) for rack in unknown)
+        raise UsageError(f"unknown rack {listed}: not in the configuration and never checked")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = load_state_settings(args.config)
+    state_file = settings.state_file
+    if not state_file.exists():
+        return _fail(f"no checks recorded yet: {state_file} does not exist", 1)
+    try:
+        with Store.open_readonly(state_file) as store:
+            checks = store.history(args.agent, limit=args.limit)
+    except StoreError as exc:
+        return _fail(str(exc), EXIT_NOINPUT)
+    if not checks:
+        return _fail(f"no checks of agent {args.agent!r} in {state_file}", 1)
+    if args.json:
+        print(report.history_json(args.agent, checks))
+    else:
+        print(report.history_text(args.agent, checks))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    logs.configure("error", secrets=settings.secret_values())  # the lines below say what went wrong
+    racks = report.plural(len(settings.racks), "rack")
+    print(f"config: {settings.config_path}: valid ({racks}, state file {settings.state_file})")
+    try:
+        failed = asyncio.run(_try_services(settings))
+    except KeyboardInterrupt:
+        return _fail("check-config interrupted", EXIT_INTERRUPTED)
+    if failed:
+        return _fail(f"check-config: failed: {', '.join(failed)}", EXIT_UNAVAILABLE)
+    return 0
+
+
+async def _try_services(settings: Settings) -> list[str]:
+    """Try every configured rack and Testflinger at once; print their lines; answer what failed."""
+    async with connect(settings, CHECK_CONFIG_RETRY) as clients:
+
+        async def maas(rack: str) -> _Trial:
+            try:
+                machines = await clients.maas.machines(rack)
+            except UpstreamError as exc:
+                return [f"maas: {rack}: {exc}"], f"maas {rack}"
+            return [f"maas: {rack}: {report.plural(len(machines), 'machine')}"], None
+
+        async def testflinger() -> _Trial:
+            client_id = settings.testflinger.client_id
+            try:
+                await clients.testflinger.log_in()
+            except UpstreamError as exc:
+                return [f"testflinger: login as {client_id}: {exc}"], "testflinger login"
+            if client_id:
+                said = [f"testflinger: logged in as {client_id}"]
+            else:
+                said = ["testflinger: anonymous (no client_id configured)"]
+            try:
+                agents = await clients.testflinger.agents()
+            except UpstreamError as exc:
+                return [*said, f"testflinger: agents: {exc}"], "testflinger agents"
+            return [*said, f"testflinger: {report.plural(len(agents), 'agent')}"], None
+
+        trials = await asyncio.gather(*(maas(rack) for rack in settings.racks), testflinger())
+    if not settings.racks:
+        print("maas: not tried: the configuration lists no racks (racks = [...])")
+    for lines, _ in trials:
+        print("\n".join(lines))
+    return [failure for _, failure in trials if failure]
+
+
+def _explain(parser: argparse.ArgumentParser, text: str) -> None:
+    """Give a command a description laid out by hand, with the example epilog kept as it is."""
+    parser.description = text
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value

@@ -20,7 +20,7 @@ import tomllib
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -143,6 +143,16 @@ def _check_job_key(key: str) -> str:
     return key
 
 
+def _not_empty(value: object) -> object:
+    if value == "":
+        raise ValueError("must not be empty")
+    return value
+
+
+StateFile = Annotated[Path, BeforeValidator(_not_empty)]
+Rack = Annotated[str, AfterValidator(_check_rack)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -226,8 +236,8 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    racks: list[Annotated[str, AfterValidator(_check_rack)]] = []
-    state_file: Path = Path("/var/lib/rackwatch/state.db")
+    racks: list[Rack] = []
+    state_file: StateFile = Path("/var/lib/rackwatch/state.db")
     schedule: ScheduleSettings = ScheduleSettings()
     maas: MaasSettings
     testflinger: TestflingerSettings = TestflingerSettings()
@@ -241,6 +251,14 @@ class Settings(BaseSettings):
     def config_path(self) -> Path | None:
         """The file these settings were loaded from; None when built in code."""
         return self._config_path
+
+    def secret_values(self) -> list[str]:
+        """The secret strings that must never reach a log line: the log scrubber's list."""
+        values = [
+            self.maas.api_key.get_secret_value().rsplit(":", 1)[-1],
+            self.testflinger.secret.get_secret_value(),
+        ]
+        return [value for value in values if value]
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], *, source: str = "<settings>") -> Settings:
@@ -266,12 +284,36 @@ class Settings(BaseSettings):
             raise ValueError(f"listed more than once: {', '.join(twice)}")
         return racks
 
-    @field_validator("state_file", mode="before")
     @classmethod
-    def _not_empty(cls, value: object) -> object:
-        if value == "":
-            raise ValueError("must not be empty")
-        return value
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _sources(settings_cls, init_settings, env_settings)
+
+
+class StateSettings(BaseSettings):
+    """What the commands that only read the state file need: no upstream, no secret.
+
+    `status` and `history` run as root outside the service, where the systemd credentials are
+    not to be had; they must work without the MAAS key. Other keys are not checked here.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RACKWATCH_",
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    racks: list[Rack] = []
+    state_file: StateFile = Path("/var/lib/rackwatch/state.db")
+    schedule: ScheduleSettings = ScheduleSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -282,16 +324,27 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        file_data = _FILE_DATA.get()
-        if file_data is None:
-            return (init_settings,)
-        return (
-            init_settings,
-            env_settings,
-            InitSettingsSource(settings_cls, init_kwargs=_bare_maas_env()),
-            InitSettingsSource(settings_cls, init_kwargs=_read_credentials()),
-            InitSettingsSource(settings_cls, init_kwargs=file_data),
-        )
+        return _sources(settings_cls, init_settings, env_settings)
+
+
+def _sources(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    file_data = _FILE_DATA.get()
+    if file_data is None:
+        return (init_settings,)
+    return (
+        init_settings,
+        env_settings,
+        InitSettingsSource(settings_cls, init_kwargs=_bare_maas_env()),
+        InitSettingsSource(settings_cls, init_kwargs=_read_credentials()),
+        InitSettingsSource(settings_cls, init_kwargs=file_data),
+    )
+
+
+_Model = TypeVar("_Model", bound=BaseSettings)
 
 
 def default_config_path() -> Path:
@@ -304,18 +357,27 @@ def load_settings(path: Path | None = None) -> Settings:
 
     Raises ConfigError, with a one-line message naming the file and the key, for any bad input.
     """
+    settings, path = _load(Settings, path)
+    settings._config_path = path
+    return settings
+
+
+def load_state_settings(path: Path | None = None) -> StateSettings:
+    """The part of the configuration that `status` and `history` need, as `load_settings` reads it."""
+    return _load(StateSettings, path)[0]
+
+
+def _load(model: type[_Model], path: Path | None) -> tuple[_Model, Path]:
     path = default_config_path() if path is None else path
     token = _FILE_DATA.set(_read_toml(path))
     try:
-        settings = Settings()
+        return model(), path
     except ValidationError as exc:
         raise _config_error(exc, str(path)) from None
     except SettingsError as exc:  # an env value that should be JSON (e.g. RACKWATCH_RACKS) is not
         raise ConfigError(f"{path}: environment: {exc}") from None
     finally:
         _FILE_DATA.reset(token)
-    settings._config_path = path
-    return settings
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

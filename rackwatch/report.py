@@ -1,6 +1,7 @@
-"""How a cycle's results read: text tables for people, JSON for programs, a progress line.
+"""How results read: text tables for people, JSON for programs, a progress line.
 
-Functions here return strings; only `cli` prints them.
+A cycle's results (run-once, demo), where each agent stands (status), and one agent's checks
+(history). Functions here return strings; only `cli` prints them.
 """
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rackwatch.check import RackReport, Tally
 from rackwatch.model import Outcome
 from rackwatch.policy import format_age
+from rackwatch.store import AgentState, CheckRecord, CycleRecord
 
 COLUMNS = ("AGENT", "MACHINE", "OUTCOME", "JOB ID", "DURATION", "DETAIL")
 
@@ -155,3 +158,202 @@ def _round(seconds: float | None) -> float | None:
 
 def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when else None
+
+
+# status
+
+
+STATUS_COLUMNS = (
+    "AGENT",
+    "LAST OUTCOME",
+    "WHEN",
+    "FAILURES",
+    "LAST PASSED",
+    "JOB IN FLIGHT",
+    "DETAIL",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RackStatus:
+    """One rack as `rackwatch status` shows it."""
+
+    rack: str
+    last_cycle: CycleRecord | None
+    next_check: datetime | None  # None for a rack not in the configuration: never scheduled
+    agents: Sequence[AgentState]
+
+
+def status_text(racks: Sequence[RackStatus], now: datetime) -> str:
+    """A header and a table per rack, then one summary line."""
+    blocks = [_rack_status_text(rack, now) for rack in racks]
+    return "\n\n".join([*blocks, status_summary(racks)])
+
+
+def _rack_status_text(status: RackStatus, now: datetime) -> str:
+    cycle = status.last_cycle
+    header = f"{status.rack}: {_cycle_text(cycle, now)}; {_next_text(status.next_check, now)}"
+    if cycle is not None and cycle.error:
+        header += f"\n  {cycle.error}"
+    rows = [
+        (
+            state.agent,
+            str(state.last.outcome) if state.last else "-",
+            _ago(_checked_at(state.last), now) if state.last else "-",
+            str(state.consecutive_failures),
+            _ago(state.last_passed_at, now) if state.last_passed_at else "never",
+            (state.in_flight.job_id or "") if state.in_flight else "",
+            state.last.detail if state.last else "",
+        )
+        for state in status.agents
+    ]
+    if not rows:
+        return header + "\n  no agents recorded"
+    return header + "\n" + table(STATUS_COLUMNS, rows, indent="  ")
+
+
+def _cycle_text(cycle: CycleRecord | None, now: datetime) -> str:
+    if cycle is None:
+        return "never checked"
+    started = f"last cycle started {_ago(cycle.started_at, now)}"
+    if cycle.finished_at is None:
+        return f"{started}, still running"
+    took = _duration((cycle.finished_at - cycle.started_at).total_seconds())
+    return f"{started}, ended after {took}: {cycle.status}"
+
+
+def _next_text(next_check: datetime | None, now: datetime) -> str:
+    if next_check is None:
+        return "not scheduled (not in the configuration)"
+    if next_check <= now:
+        return "next check due now"
+    return f"next check in {format_age(next_check - now)}"
+
+
+def status_summary(racks: Sequence[RackStatus]) -> str:
+    """One line: how many agents stand where, and how many jobs are in flight."""
+    agents = [state for rack in racks for state in rack.agents]
+    counts = Counter(state.last.outcome for state in agents if state.last and state.last.outcome)
+    skipped = sum(n for outcome, n in counts.items() if outcome.is_skip)
+    in_flight = sum(state.in_flight is not None for state in agents)
+    parts = [
+        f"{counts[Outcome.PASSED]} passed",
+        f"{counts[Outcome.FAILED] + counts[Outcome.TIMED_OUT]} failed or timed out",
+        plural(counts[Outcome.ERROR], "error"),
+        f"{skipped} not checked",
+    ]
+    return (
+        f"{plural(len(racks), 'rack')}, {plural(len(agents), 'agent')} by their last outcome: "
+        + ", ".join(parts)
+        + f"; {plural(in_flight, 'job')} in flight"
+    )
+
+
+def status_json(racks: Sequence[RackStatus]) -> str:
+    """The structure `rackwatch status --help` documents; times are UTC ISO 8601."""
+    return json.dumps({"racks": [_rack_status_json(rack) for rack in racks]}, indent=2)
+
+
+def _rack_status_json(status: RackStatus) -> dict[str, Any]:
+    cycle = status.last_cycle
+    return {
+        "rack": status.rack,
+        "last_cycle": (
+            None
+            if cycle is None
+            else {
+                "started_at": _iso(cycle.started_at),
+                "finished_at": _iso(cycle.finished_at),
+                "status": cycle.status if cycle.finished_at else "running",
+                "error": cycle.error,
+                "duration_s": (
+                    _round((cycle.finished_at - cycle.started_at).total_seconds())
+                    if cycle.finished_at
+                    else None
+                ),
+            }
+        ),
+        "next_check": _iso(status.next_check),
+        "agents": [
+            {
+                "agent": state.agent,
+                "machine": state.machine,
+                "last_outcome": str(state.last.outcome) if state.last else None,
+                "last_checked_at": _iso(_checked_at(state.last)) if state.last else None,
+                "consecutive_failures": state.consecutive_failures,
+                "last_passed_at": _iso(state.last_passed_at),
+                "job_in_flight": state.in_flight.job_id if state.in_flight else None,
+                "detail": state.last.detail if state.last else None,
+            }
+            for state in status.agents
+        ],
+    }
+
+
+# history
+
+HISTORY_COLUMNS = ("TIME (UTC)", "RACK", "OUTCOME", "JOB ID", "PROVISION", "DURATION", "DETAIL")
+
+
+def history_text(agent: str, checks: Sequence[CheckRecord]) -> str:
+    """A header line, then one row per check in the order given (newest first)."""
+    rows = [
+        (
+            _utc(check.created_at),
+            check.rack,
+            str(check.outcome) if check.outcome else "unfinished",
+            check.job_id or "",
+            "" if check.provision_status is None else str(check.provision_status),
+            _duration(check.duration_s) if check.job_id else "",
+            check.detail,
+        )
+        for check in checks
+    ]
+    header = f"{agent}: the latest {plural(len(checks), 'check')}, newest first"
+    return header + "\n" + table(HISTORY_COLUMNS, rows)
+
+
+def history_json(agent: str, checks: Sequence[CheckRecord]) -> str:
+    """{"agent": ..., "checks": [...]}, newest first; times are UTC ISO 8601."""
+    return json.dumps(
+        {
+            "agent": agent,
+            "checks": [
+                {
+                    "rack": check.rack,
+                    "machine": check.machine,
+                    "outcome": str(check.outcome) if check.outcome else None,
+                    "job_id": check.job_id,
+                    "queue": check.queue,
+                    "provision_status": check.provision_status,
+                    "detail": check.detail,
+                    "created_at": _iso(check.created_at),
+                    "submitted_at": _iso(check.submitted_at),
+                    "finished_at": _iso(check.finished_at),
+                    "duration_s": _round(check.duration_s) if check.job_id else None,
+                }
+                for check in checks
+            ],
+        },
+        indent=2,
+    )
+
+
+def _checked_at(check: CheckRecord) -> datetime:
+    return check.finished_at or check.created_at
+
+
+def _ago(when: datetime, now: datetime) -> str:
+    age = now - when
+    if age < timedelta(seconds=1):
+        return "just now"
+    return f"{format_age(age)} ago"
+
+
+def _utc(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def plural(count: int, noun: str) -> str:
+    """The count and the noun, plural unless the count is 1: "1 agent", "2,412 agents"."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")

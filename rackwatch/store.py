@@ -11,9 +11,10 @@ it directly. This module imports only the standard library and `rackwatch.model`
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,10 +56,57 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX checks_cycle ON checks(cycle_id);
     CREATE INDEX cycles_rack ON cycles(rack, started_at);
     """,
+    # `status` finds each agent's last pass, and the failures since, without reading its history.
+    """
+    CREATE INDEX checks_agent_outcome ON checks(agent, outcome, created_at);
+    """,
 )
 
 CYCLE_STATUSES = frozenset({"ok", "failures", "error", "interrupted"})
 BUSY_TIMEOUT_S = 5.0
+
+# Each agent of a rack with the ids of its latest finished check, its unfinished check and its
+# latest pass, and the failures since that pass. Every lookup is an index search, so the cost
+# grows with the number of agents, not with the history kept.
+#
+# The rack's agents are those checked in its cycles since the latest one that got through
+# ("ok" or "failures"): a later cycle that could not list the rack, or was cut short, does not
+# hide the agents it missed.
+_AGENT_MARKS_SQL = """
+WITH recent AS (
+    SELECT id FROM cycles
+    WHERE rack = :rack AND started_at >= coalesce(
+        (SELECT started_at FROM cycles
+         WHERE rack = :rack AND status IN ('ok', 'failures')
+         ORDER BY started_at DESC LIMIT 1),
+        '')
+),
+agents AS (
+    SELECT DISTINCT agent FROM checks WHERE cycle_id IN (SELECT id FROM recent)
+),
+marks AS (
+    SELECT
+        a.agent,
+        (SELECT id FROM checks
+         WHERE agent = a.agent AND outcome IS NOT NULL
+         ORDER BY created_at DESC, id DESC LIMIT 1) AS last_id,
+        (SELECT id FROM checks WHERE agent = a.agent AND outcome IS NULL) AS open_id,
+        (SELECT id FROM checks
+         WHERE agent = a.agent AND outcome = :passed
+         ORDER BY created_at DESC, id DESC LIMIT 1) AS passed_id
+    FROM agents AS a
+)
+SELECT
+    m.agent,
+    m.last_id,
+    m.open_id,
+    passed.finished_at AS passed_at,
+    (SELECT count(*) FROM checks
+     WHERE agent = m.agent AND outcome IN (:failed, :timed_out)
+       AND created_at > coalesce(passed.created_at, '')) AS failures
+FROM marks AS m LEFT JOIN checks AS passed ON passed.id = m.passed_id
+ORDER BY m.agent
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +145,21 @@ class CycleRecord:
     finished_at: datetime | None
     status: str | None
     error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """Where one agent stands now, as `rackwatch status` shows it."""
+
+    agent: str
+    rack: str  # the rack of its latest check
+    machine: str | None
+    last: CheckRecord | None  # the latest check with an outcome; None before the first ends
+    # Checks failed or timed out since the last pass: a pass ends the run, and skips and
+    # errors (which say nothing about the machine) neither end nor extend it.
+    consecutive_failures: int
+    last_passed_at: datetime | None
+    in_flight: CheckRecord | None  # the check whose job has no outcome yet
 
 
 class Store:
@@ -316,6 +379,74 @@ class Store:
         )
         return [_check(row) for row in rows]
 
+    # status
+
+    def racks(self) -> list[str]:
+        """Every rack with a cycle in the state file, by name."""
+        rows = self._select("SELECT DISTINCT rack FROM cycles ORDER BY rack", ())
+        return [row["rack"] for row in rows]
+
+    def agent_states(self, rack: str) -> list[AgentState]:
+        """Where each agent of the rack stands, by agent name.
+
+        An agent is listed under the rack of its latest check, so one that moved to another
+        rack is listed there only.
+        """
+        with self.reading():
+            marks = self._select(
+                _AGENT_MARKS_SQL,
+                {
+                    "rack": rack,
+                    "passed": str(Outcome.PASSED),
+                    "failed": str(Outcome.FAILED),
+                    "timed_out": str(Outcome.TIMED_OUT),
+                },
+            )
+            ids = [row[key] for row in marks for key in ("last_id", "open_id") if row[key]]
+            rows = self._select(
+                "SELECT * FROM checks WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
+            )
+        checks = {row["id"]: _check(row) for row in rows}
+        states = []
+        for mark in marks:
+            last = checks.get(mark["last_id"])
+            in_flight = checks.get(mark["open_id"])
+            newest = in_flight or last
+            if newest is None or newest.rack != rack:
+                continue
+            states.append(
+                AgentState(
+                    agent=mark["agent"],
+                    rack=rack,
+                    machine=newest.machine,
+                    last=last,
+                    consecutive_failures=mark["failures"],
+                    last_passed_at=_time(mark["passed_at"]),
+                    in_flight=in_flight,
+                )
+            )
+        return states
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Make the reads inside one consistent view of the file, whatever a writer does meanwhile.
+
+        For reads only: a write inside would fail. Re-entrant: inside another `reading()`, it
+        adds nothing.
+        """
+        if self._conn.in_transaction:
+            yield
+            return
+        with _mapped(self._path):
+            self._conn.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            if self._conn.in_transaction:
+                with _mapped(self._path):
+                    self._conn.execute("ROLLBACK")  # nothing was written
+
     # plumbing
 
     @contextmanager
@@ -335,7 +466,7 @@ class Store:
             if conn.execute(sql, params).rowcount != 1:
                 raise StoreError(f"state file {self._path} has no {what}")
 
-    def _select(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+    def _select(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[sqlite3.Row]:
         with _mapped(self._path):
             return self._conn.execute(sql, params).fetchall()
 

@@ -276,3 +276,39 @@ async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(20):
         while not condition():  # noqa: ASYNC110 - the lab changes state in its own handlers
             await asyncio.sleep(0.01)
+
+
+async def test_the_log_of_a_whole_cycle_holds_no_secret(tmp_path: Path) -> None:
+    """Debug logs of a cycle with login on never show the MAAS token secret or the client secret."""
+    login = ("rackwatch-ci", "client-secret-that-must-not-leak")
+    lab = Lab(
+        [SimRack("r1", [SimMachine("r1-m1")])], provision_seconds=0.2, testflinger_login=login
+    )
+    async with lab.serve() as urls:
+        extra = f'[testflinger]\nclient_id = "{login[0]}"\nsecret = "{login[1]}"\n'
+        config = write_config(tmp_path / "rw.toml", lab, urls, tmp_path / "s.db")
+        config.write_text(config.read_text().replace("[testflinger]\n", extra, 1))
+        done = await rackwatch(
+            "run-once", "--config", str(config), "--log-level", "debug", "--log-format", "json"
+        )
+    assert done.code == 0, done.err
+    assert "check.finished" in done.err
+    token_secret = lab.maas_api_key.rsplit(":", 1)[-1]
+    for secret in (token_secret, login[1]):
+        assert secret not in done.out + done.err
+
+
+async def test_maas_refusing_the_key_echoes_nothing_into_the_output(tmp_path: Path) -> None:
+    """MAAS puts the real token secret into its 401 body; rackwatch never repeats that body."""
+    lab = Lab([SimRack("r1", [SimMachine("r1-m1")])])
+    async with lab.serve() as urls:
+        config = write_config(tmp_path / "rw.toml", lab, urls, tmp_path / "s.db")
+        consumer, token, real_secret = lab.maas_api_key.split(":")
+        config.write_text(
+            config.read_text().replace(lab.maas_api_key, f"{consumer}:{token}:wrong-secret-given")
+        )
+        done = await rackwatch("run-once", "--config", str(config), "--log-level", "debug")
+    assert done.code == 69
+    assert "refused the credentials (401)" in done.out
+    assert real_secret not in done.out + done.err
+    assert "wrong-secret-given" not in done.out + done.err

@@ -29,10 +29,18 @@ class Clients:
 
 
 @asynccontextmanager
-async def connect(settings: Settings, retry: RetryPolicy | None = None) -> AsyncIterator[Clients]:
-    """Both clients over one session, with at most `check.concurrency` requests in flight."""
+async def connect(
+    settings: Settings,
+    retry: RetryPolicy | None = None,
+    *,
+    limiter: asyncio.Semaphore | None = None,
+) -> AsyncIterator[Clients]:
+    """Both clients over one session, with at most `check.concurrency` requests in flight.
+
+    Pass a `limiter` to share that bound with clients connected elsewhere in the process.
+    """
     retry = retry or RetryPolicy()
-    limiter = asyncio.Semaphore(settings.check.concurrency)
+    limiter = limiter or asyncio.Semaphore(settings.check.concurrency)
     api_key = settings.maas.api_key.get_secret_value()
     secret = settings.testflinger.secret.get_secret_value()
     async with make_session() as session:
