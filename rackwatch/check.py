@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from rackwatch import policy
+from rackwatch import ledger, policy
 from rackwatch.config import Settings
 from rackwatch.errors import UpstreamError, UpstreamUnavailable
 from rackwatch.model import Agent, JobResult, Machine, Outcome
@@ -81,6 +81,8 @@ class CheckPlan:
     location: str = ""
     job_template: Mapping[str, Any] = field(default_factory=dict)
     dry_run: bool = False
+    failures_to_unhealthy: int = 2
+    incident_ratio: float = 0.5
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dry_run: bool = False) -> CheckPlan:
@@ -94,6 +96,8 @@ class CheckPlan:
             location=settings.testflinger.location,
             job_template=settings.job,
             dry_run=dry_run,
+            failures_to_unhealthy=settings.health.failures_to_unhealthy,
+            incident_ratio=settings.health.rack_incident_ratio,
         )
 
 
@@ -180,6 +184,16 @@ class Checker:
         status = policy.rack_status(outcomes, error)
         finished = self._clock()
         self._store.finish_cycle(cycle_id, finished, status, error)
+        if not self._plan.dry_run:
+            verdict = ledger.settle(
+                self._store,
+                cycle_id,
+                failures_to_unhealthy=self._plan.failures_to_unhealthy,
+                incident_ratio=self._plan.incident_ratio,
+                at=finished,
+            )
+            for event in verdict.events:
+                log.warning("health.changed", **event)
         log.info(
             "cycle.finished",
             rack=rack,
@@ -201,6 +215,7 @@ class Checker:
             detail=decision.detail,
             queue=decision.queue,
             at=self._clock(),
+            maas_status=decision.machine.status,
         )
         log.info(
             "check.finished",
@@ -255,6 +270,7 @@ class Checker:
             queue=decision.queue,
             job_id=job_id,
             at=self._clock(),
+            maas_status=decision.machine.status,
         )
         job = Job(check_id, rack, decision.name, job_id, decision.queue)
         try:

@@ -47,8 +47,12 @@ from rackwatch.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/rackwatch/config.toml")
 # Credential file name → the setting it fills (systemd LoadCredential=<name>:...).
-_SECTIONS = ("schedule", "maas", "testflinger", "check")
-CREDENTIALS = {"maas_api_key": ("maas", "api_key"), "testflinger_secret": ("testflinger", "secret")}
+_SECTIONS = ("schedule", "maas", "testflinger", "check", "health", "alerts", "metrics")
+CREDENTIALS = {
+    "maas_api_key": ("maas", "api_key"),
+    "testflinger_secret": ("testflinger", "secret"),
+    "alerts_webhook_url": ("alerts", "webhook_url"),
+}
 # Top-level keys of Testflinger's job schema that a template may set; job_queue and job_id are ours.
 JOB_KEYS = frozenset(
     {"provision_data", "test_data", "reserve_data", "allocate_data", "firmware_update_data"}
@@ -221,6 +225,52 @@ class CheckSettings(_Section):
     stale_after: Duration = timedelta(hours=26)
 
 
+class HealthSettings(_Section):
+    """When an agent counts as unhealthy, and a rack's failures as a rack incident."""
+
+    failures_to_unhealthy: int = Field(default=2, ge=1)
+    rack_incident_ratio: float = Field(default=0.5, gt=0, le=1)
+
+
+class AlertsSettings(_Section):
+    """Where health changes are announced: a Mattermost or Slack incoming webhook."""
+
+    webhook_url: SecretStr = SecretStr("")  # the URL carries its own token: a secret
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value().strip()
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL with a host")
+        return SecretStr(url)
+
+
+class MetricsSettings(_Section):
+    """Where the Prometheus endpoint listens; empty for none."""
+
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 # The TOML table load_settings is reading; None while Settings are built in code.
 _FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("rackwatch_config_file", default=None)
 
@@ -242,6 +292,9 @@ class Settings(BaseSettings):
     maas: MaasSettings
     testflinger: TestflingerSettings = TestflingerSettings()
     check: CheckSettings = CheckSettings()
+    health: HealthSettings = HealthSettings()
+    alerts: AlertsSettings = AlertsSettings()
+    metrics: MetricsSettings = MetricsSettings()
     job: dict[Annotated[str, AfterValidator(_check_job_key)], Any] = Field(
         default_factory=lambda: {"provision_data": {"distro": "noble"}, "tags": ["rackwatch"]}
     )
@@ -257,6 +310,7 @@ class Settings(BaseSettings):
         values = [
             self.maas.api_key.get_secret_value().rsplit(":", 1)[-1],
             self.testflinger.secret.get_secret_value(),
+            self.alerts.webhook_url.get_secret_value(),
         ]
         return [value for value in values if value]
 

@@ -6,7 +6,7 @@ job is submitted, and a job with no outcome yet is picked up again. The database
 at most one unfinished job per agent.
 
 The store is synchronous; writes in WAL mode take well under a millisecond, so async code calls
-it directly. This module imports only the standard library and `rackwatch.model`/`errors`.
+it directly. This module imports only the standard library and `rackwatch.model`/`health`/`errors`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from rackwatch.errors import StoreError
+from rackwatch.health import AgentHealth, Fact, Health
 from rackwatch.model import Outcome
 
 # Step N (counting from 1) brings a database from `user_version` N-1 to N. Append, never edit.
@@ -59,6 +60,56 @@ MIGRATIONS: tuple[str, ...] = (
     # `status` finds each agent's last pass, and the failures since, without reading its history.
     """
     CREATE INDEX checks_agent_outcome ON checks(agent, outcome, created_at);
+    """,
+    # Health over time: each agent's state, its transitions, rack incidents, alerts to deliver.
+    """
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        rack TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        closed_at TEXT,
+        reason TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX incidents_open ON incidents(rack) WHERE closed_at IS NULL;
+    ALTER TABLE cycles ADD COLUMN incident_id INTEGER REFERENCES incidents(id);
+    ALTER TABLE checks ADD COLUMN maas_status TEXT;
+    CREATE TABLE health (
+        agent TEXT PRIMARY KEY,
+        rack TEXT NOT NULL,
+        state TEXT NOT NULL,
+        since TEXT,
+        reason TEXT NOT NULL DEFAULT '',
+        job_id TEXT
+    );
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY,
+        cycle_id INTEGER NOT NULL REFERENCES cycles(id),
+        rack TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        before TEXT NOT NULL,
+        after TEXT NOT NULL,
+        at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        job_id TEXT
+    );
+    CREATE INDEX transitions_agent ON transitions(agent, at);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        cycle_id INTEGER NOT NULL UNIQUE REFERENCES cycles(id),
+        rack TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        delivered_at TEXT,
+        last_error TEXT
+    );
+    CREATE INDEX alerts_pending ON alerts(id) WHERE delivered_at IS NULL;
+    CREATE TABLE counters (
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (name, labels)
+    );
     """,
 )
 
@@ -160,6 +211,40 @@ class AgentState:
     consecutive_failures: int
     last_passed_at: datetime | None
     in_flight: CheckRecord | None  # the check whose job has no outcome yet
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """A rack incident; open while `closed_at` is None."""
+
+    id: int
+    rack: str
+    opened_at: datetime
+    closed_at: datetime | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """One rack cycle's health changes, to be announced once."""
+
+    id: int
+    cycle_id: int
+    rack: str
+    created_at: datetime
+    body: dict[str, Any]
+    attempts: int
+    delivered_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    """An agent's health moving from one state to another in a cycle."""
+
+    agent: str
+    before: AgentHealth
+    after: AgentHealth
 
 
 class Store:
@@ -293,14 +378,26 @@ class Store:
         detail: str = "",
         at: datetime,
         queue: str | None = None,
+        maas_status: str | None = None,
     ) -> int:
         """Record a check that ended at once, without a job."""
         at_text = _text(at)
         with self._transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO checks (cycle_id, rack, agent, machine, queue, outcome, detail,"
-                " created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (cycle_id, rack, agent, machine, queue, str(outcome), detail, at_text, at_text),
+                " created_at, finished_at, maas_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cycle_id,
+                    rack,
+                    agent,
+                    machine,
+                    queue,
+                    str(outcome),
+                    detail,
+                    at_text,
+                    at_text,
+                    maas_status,
+                ),
             )
         return _lastrowid(cursor)
 
@@ -314,6 +411,7 @@ class Store:
         queue: str,
         job_id: str,
         at: datetime,
+        maas_status: str | None = None,
     ) -> int:
         """Record a job about to be submitted; durable once this returns.
 
@@ -322,9 +420,9 @@ class Store:
         with self._transaction() as conn:
             try:
                 cursor = conn.execute(
-                    "INSERT INTO checks (cycle_id, rack, agent, machine, queue, job_id, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (cycle_id, rack, agent, machine, queue, job_id, _text(at)),
+                    "INSERT INTO checks (cycle_id, rack, agent, machine, queue, job_id,"
+                    " created_at, maas_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (cycle_id, rack, agent, machine, queue, job_id, _text(at), maas_status),
                 )
             except sqlite3.IntegrityError as exc:
                 if exc.sqlite_errorname != "SQLITE_CONSTRAINT_UNIQUE":
@@ -427,6 +525,161 @@ class Store:
                 )
             )
         return states
+
+    # health
+
+    def facts(self, agent: str, limit: int) -> list[tuple[int, Fact]]:
+        """The agent's latest finished checks, newest first, as health sees them, by cycle id."""
+        rows = self._select(
+            "SELECT c.cycle_id, c.outcome, c.detail, c.job_id, c.finished_at, y.incident_id"
+            " FROM checks c JOIN cycles y ON y.id = c.cycle_id"
+            " WHERE c.agent = ? AND c.outcome IS NOT NULL ORDER BY c.created_at DESC LIMIT ?",
+            (agent, limit),
+        )
+        return [
+            (
+                row["cycle_id"],
+                Fact(
+                    outcome=Outcome(row["outcome"]),
+                    detail=row["detail"],
+                    job_id=row["job_id"],
+                    at=datetime.fromisoformat(row["finished_at"]),
+                    in_incident=row["incident_id"] is not None,
+                ),
+            )
+            for row in rows
+        ]
+
+    def health(self, rack: str | None = None) -> dict[str, tuple[str, AgentHealth]]:
+        """Each agent's recorded health, with its rack: agent -> (rack, health)."""
+        where, params = ("WHERE rack = ?", (rack,)) if rack else ("", ())
+        rows = self._select(f"SELECT * FROM health {where} ORDER BY agent", params)  # noqa: S608
+        return {
+            row["agent"]: (
+                row["rack"],
+                AgentHealth(
+                    Health(row["state"]), _time(row["since"]), row["reason"], row["job_id"]
+                ),
+            )
+            for row in rows
+        }
+
+    def open_incident(self, rack: str) -> IncidentRecord | None:
+        rows = self._select("SELECT * FROM incidents WHERE rack = ? AND closed_at IS NULL", (rack,))
+        return _incident(rows[0]) if rows else None
+
+    def incidents(self, rack: str, limit: int = 10) -> list[IncidentRecord]:
+        rows = self._select(
+            "SELECT * FROM incidents WHERE rack = ? ORDER BY id DESC LIMIT ?", (rack, limit)
+        )
+        return [_incident(row) for row in rows]
+
+    def previous_cycle(self, cycle: CycleRecord) -> CycleRecord | None:
+        """The rack's cycle before this one."""
+        rows = self._select(
+            "SELECT * FROM cycles WHERE rack = ? AND id < ? ORDER BY id DESC LIMIT 1",
+            (cycle.rack, cycle.id),
+        )
+        return _cycle(rows[0]) if rows else None
+
+    def record_health(
+        self,
+        cycle: CycleRecord,
+        *,
+        changes: Sequence[HealthChange],
+        incident_opened: str | None,
+        incident_closed: bool,
+        alert: dict[str, Any] | None,
+        at: datetime,
+    ) -> None:
+        """Everything a cycle changed about health, in one transaction: never half, never twice."""
+        at_text = _text(at)
+        with self._transaction() as conn:
+            if incident_opened is not None:
+                cursor = conn.execute(
+                    "INSERT INTO incidents (rack, opened_at, reason) VALUES (?, ?, ?)",
+                    (cycle.rack, at_text, incident_opened),
+                )
+                conn.execute(
+                    "UPDATE cycles SET incident_id = ? WHERE id = ?", (cursor.lastrowid, cycle.id)
+                )
+            elif incident_closed:
+                conn.execute(
+                    "UPDATE incidents SET closed_at = ? WHERE rack = ? AND closed_at IS NULL",
+                    (at_text, cycle.rack),
+                )
+            for change in changes:
+                after = change.after
+                since = _text(after.since) if after.since else None
+                conn.execute(
+                    "INSERT INTO health (agent, rack, state, since, reason, job_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET"
+                    " rack = excluded.rack, state = excluded.state, since = excluded.since,"
+                    " reason = excluded.reason, job_id = excluded.job_id",
+                    (change.agent, cycle.rack, str(after.state), since, after.reason, after.job_id),
+                )
+                if change.before.state is not after.state:
+                    conn.execute(
+                        "INSERT INTO transitions (cycle_id, rack, agent, before, after, at,"
+                        " reason, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            cycle.id,
+                            cycle.rack,
+                            change.agent,
+                            str(change.before.state),
+                            str(after.state),
+                            at_text,
+                            after.reason,
+                            after.job_id,
+                        ),
+                    )
+            if alert is not None:
+                conn.execute(
+                    "INSERT INTO alerts (cycle_id, rack, created_at, body) VALUES (?, ?, ?, ?)",
+                    (cycle.id, cycle.rack, at_text, json.dumps(alert)),
+                )
+
+    def mark_cycle_incident(self, cycle_id: int, incident_id: int) -> None:
+        """Count a cycle as part of an incident that was already open."""
+        self._update(
+            "such cycle",
+            "UPDATE cycles SET incident_id = ? WHERE id = ?",
+            (incident_id, cycle_id),
+        )
+
+    # alerts
+
+    def pending_alerts(self) -> list[AlertRecord]:
+        rows = self._select("SELECT * FROM alerts WHERE delivered_at IS NULL ORDER BY id", ())
+        return [_alert(row) for row in rows]
+
+    def alert_delivered(self, alert_id: int, at: datetime) -> None:
+        self._update(
+            "such alert",
+            "UPDATE alerts SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?",
+            (_text(at), alert_id),
+        )
+
+    def alert_failed(self, alert_id: int, error: str) -> None:
+        self._update(
+            "such alert",
+            "UPDATE alerts SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+            (error, alert_id),
+        )
+
+    # counters that must survive a restart
+
+    def count(self, name: str, labels: str, by: int = 1) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO counters (name, labels, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (name, labels) DO UPDATE SET value = value + excluded.value",
+                (name, labels, by),
+            )
+
+    def counters(self, name: str) -> dict[str, int]:
+        rows = self._select("SELECT labels, value FROM counters WHERE name = ?", (name,))
+        return {row["labels"]: row["value"] for row in rows}
 
     @contextmanager
     def reading(self) -> Iterator[None]:
@@ -562,4 +815,27 @@ def _check(row: sqlite3.Row) -> CheckRecord:
         created_at=datetime.fromisoformat(row["created_at"]),
         submitted_at=_time(row["submitted_at"]),
         finished_at=_time(row["finished_at"]),
+    )
+
+
+def _incident(row: sqlite3.Row) -> IncidentRecord:
+    return IncidentRecord(
+        id=row["id"],
+        rack=row["rack"],
+        opened_at=datetime.fromisoformat(row["opened_at"]),
+        closed_at=_time(row["closed_at"]),
+        reason=row["reason"],
+    )
+
+
+def _alert(row: sqlite3.Row) -> AlertRecord:
+    return AlertRecord(
+        id=row["id"],
+        cycle_id=row["cycle_id"],
+        rack=row["rack"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        body=json.loads(row["body"]),
+        attempts=row["attempts"],
+        delivered_at=_time(row["delivered_at"]),
+        last_error=row["last_error"],
     )

@@ -1,0 +1,121 @@
+"""After each rack cycle: the rack's incident, its agents' health, and the alert to send.
+
+The decisions are `health`'s pure functions; this module reads what they need from the store
+and writes what they decided in one transaction, so that a transition is recorded, and its
+alert queued, exactly once, whatever crashes and restarts come in between.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from rackwatch import health
+from rackwatch.health import UNKNOWN, Health
+from rackwatch.store import CycleRecord, HealthChange, Store
+
+# How many of an agent's latest checks are read to judge its health.
+FACTS_READ = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a cycle changed: health transitions and the rack's incident, as alert events."""
+
+    changes: list[HealthChange]
+    events: list[dict[str, Any]]
+    incident: str | None  # the reason, while the cycle is part of an incident
+
+
+def settle(
+    store: Store,
+    cycle_id: int,
+    *,
+    failures_to_unhealthy: int,
+    incident_ratio: float,
+    at: datetime,
+) -> Verdict:
+    """Record what the finished cycle means for the rack and its agents."""
+    cycle = store.cycle(cycle_id)
+    checks = store.checks_of_cycle(cycle_id)
+    previous = store.previous_cycle(cycle)
+    reason = health.incident_reason(
+        [c.outcome for c in checks if c.outcome is not None],
+        ratio=incident_ratio,
+        listing_error=cycle.error if cycle.status == "error" else None,
+        previous_listing_error=(
+            previous.error if previous is not None and previous.status == "error" else None
+        ),
+    )
+    open_incident = store.open_incident(cycle.rack)
+    opened = reason if reason is not None and open_incident is None else None
+    # A cycle that could not list the rack says nothing about whether the incident is over.
+    closed = open_incident is not None and reason is None and cycle.status != "error"
+    if reason is not None and open_incident is not None:
+        store.mark_cycle_incident(cycle.id, open_incident.id)
+
+    events: list[dict[str, Any]] = []
+    if opened is not None:
+        events.append(_event(cycle, "incident_opened", reason=opened))
+    if closed:
+        assert open_incident is not None
+        events.append(_event(cycle, "incident_closed", reason=f"over: {open_incident.reason}"))
+
+    recorded = store.health(cycle.rack)
+    changes: list[HealthChange] = []
+    for agent in sorted({c.agent for c in checks if c.outcome is not None}):
+        before = recorded.get(agent, (cycle.rack, UNKNOWN))[1]
+        facts = [
+            replace(fact, in_incident=fact.in_incident or (cid == cycle.id and reason is not None))
+            for cid, fact in store.facts(agent, FACTS_READ)
+        ]
+        after = health.assess(before, facts, failures_to_unhealthy=failures_to_unhealthy)
+        if after == before:
+            continue
+        changes.append(HealthChange(agent, before, after))
+        if health.is_alerting(before.state, after.state):
+            kind = "recovered" if after.state is Health.HEALTHY else "unhealthy"
+            events.append(
+                _event(
+                    cycle,
+                    kind,
+                    agent=agent,
+                    before=str(before.state),
+                    after=str(after.state),
+                    reason=after.reason,
+                    job_id=after.job_id,
+                )
+            )
+
+    alert = {"rack": cycle.rack, "cycle_id": cycle.id, "events": events} if events else None
+    store.record_health(
+        cycle,
+        changes=changes,
+        incident_opened=opened,
+        incident_closed=closed,
+        alert=alert,
+        at=at,
+    )
+    return Verdict(changes, events, reason)
+
+
+def _event(
+    cycle: CycleRecord,
+    kind: str,
+    *,
+    reason: str,
+    agent: str | None = None,
+    before: str | None = None,
+    after: str | None = None,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "rack": cycle.rack,
+        "agent": agent,
+        "from": before,
+        "to": after,
+        "reason": reason,
+        "job_id": job_id,
+    }
