@@ -275,7 +275,31 @@ class MetricsSettings(_Section):
 _FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("rackwatch_config_file", default=None)
 
 
-class Settings(BaseSettings):
+class _FromFile(BaseSettings):
+    """Settings read by `load_settings` from the file, the environment and credentials."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_data = _FILE_DATA.get()
+        if file_data is None:
+            return (init_settings,)
+        return (
+            init_settings,
+            env_settings,
+            InitSettingsSource(settings_cls, init_kwargs=_bare_maas_env()),
+            InitSettingsSource(settings_cls, init_kwargs=_read_credentials()),
+            InitSettingsSource(settings_cls, init_kwargs=file_data),
+        )
+
+
+class Settings(_FromFile):
     """All of rackwatch's configuration. Build it with `load_settings` or `from_mapping`."""
 
     model_config = SettingsConfigDict(
@@ -338,19 +362,8 @@ class Settings(BaseSettings):
             raise ValueError(f"listed more than once: {', '.join(twice)}")
         return racks
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _sources(settings_cls, init_settings, env_settings)
 
-
-class StateSettings(BaseSettings):
+class StateSettings(_FromFile):
     """What the commands that only read the state file need: no upstream, no secret.
 
     `status` and `history` run as root outside the service, where the systemd credentials are
@@ -368,34 +381,6 @@ class StateSettings(BaseSettings):
     racks: list[Rack] = []
     state_file: StateFile = Path("/var/lib/rackwatch/state.db")
     schedule: ScheduleSettings = ScheduleSettings()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _sources(settings_cls, init_settings, env_settings)
-
-
-def _sources(
-    settings_cls: type[BaseSettings],
-    init_settings: PydanticBaseSettingsSource,
-    env_settings: PydanticBaseSettingsSource,
-) -> tuple[PydanticBaseSettingsSource, ...]:
-    file_data = _FILE_DATA.get()
-    if file_data is None:
-        return (init_settings,)
-    return (
-        init_settings,
-        env_settings,
-        InitSettingsSource(settings_cls, init_kwargs=_bare_maas_env()),
-        InitSettingsSource(settings_cls, init_kwargs=_read_credentials()),
-        InitSettingsSource(settings_cls, init_kwargs=file_data),
-    )
 
 
 _Model = TypeVar("_Model", bound=BaseSettings)
