@@ -129,6 +129,7 @@ class Checker:
         try:
             agents = await self._tf.agents()
         except UpstreamError as exc:
+            self._upstream_failed(exc)
             agents = exc
         return list(
             await asyncio.gather(*(self._rack(rack, cycles[rack], agents) for rack in racks))
@@ -149,6 +150,8 @@ class Checker:
                 raise agents
             machines = await self._maas.machines(rack)
         except UpstreamError as exc:
+            if exc is not agents:
+                self._upstream_failed(exc)
             error = str(exc)
             log.error("cycle.rack_failed", rack=rack, error=error)
         else:
@@ -230,6 +233,8 @@ class Checker:
         try:
             await work
         except Exception as exc:
+            if isinstance(exc, UpstreamError):
+                self._upstream_failed(exc)  # _resume lets its upstream errors through
             log.exception("check.crashed", rack=rack, agent=agent)
             detail = f"unexpected error: {exc!r}"
             for check in self._store.unfinished(rack):
@@ -252,6 +257,7 @@ class Checker:
         try:
             decision = policy.recheck(decision, await self._tf.agent(decision.name))
         except UpstreamError as exc:
+            self._upstream_failed(exc)
             decision = replace(decision, outcome=Outcome.ERROR, detail=str(exc))
         if decision.outcome is None and self._plan.dry_run:
             detail = f"a job would go to queue {decision.queue}"
@@ -276,6 +282,7 @@ class Checker:
         try:
             await self._tf.submit(self._definition(job))
         except UpstreamError as exc:
+            self._upstream_failed(exc)
             self._finish(job, Outcome.ERROR, f"submit failed: {exc}")
             return
         await self._track(self._submitted(job, self._clock()))
@@ -313,8 +320,10 @@ class Checker:
             try:
                 result = await self._tf.result(job.job_id)
             except UpstreamUnavailable as exc:
+                self._upstream_failed(exc)
                 last_error = exc  # keep polling: the job runs on whether we can see it or not
             except UpstreamError as exc:
+                self._upstream_failed(exc)
                 self._finish(job, Outcome.ERROR, f"{exc}; {await self._cancel(job)}")
                 return
             else:
@@ -344,6 +353,7 @@ class Checker:
         try:
             cancelled = await self._tf.cancel(job.job_id)
         except UpstreamError as exc:
+            self._upstream_failed(exc)
             log.warning("check.cancel_failed", rack=job.rack, agent=job.agent, error=str(exc))
             return f"cancelling it failed: {exc}"
         return "cancelled" if cancelled else "it had ended by the time it was cancelled"
@@ -389,6 +399,10 @@ class Checker:
             else:
                 self.tally.failed += 1
             self._progress()
+
+    def _upstream_failed(self, exc: UpstreamError) -> None:
+        """Count a call that failed for good, for rackwatch_upstream_errors_total."""
+        self._store.count("upstream_errors", exc.service)
 
     def _progress(self) -> None:
         if self._on_progress is not None:

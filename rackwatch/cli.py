@@ -13,18 +13,21 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TextIO, cast
 
-from rackwatch import __version__, logs, report
+from rackwatch import __version__, alerts, logs, report
 from rackwatch.check import Checker, CheckPlan, RackReport, Tally, utc_now
 from rackwatch.clients import RetryPolicy, check_rack_name, connect
+from rackwatch.clients._http import make_session
 from rackwatch.config import Settings, StateSettings, load_settings, load_state_settings
 from rackwatch.errors import ConfigError, StoreError, UpstreamError, UsageError
+from rackwatch.health import AgentHealth
 from rackwatch.schedule import next_check
-from rackwatch.store import AgentState, CycleRecord, Store
+from rackwatch.store import Store
 
 EXIT_USAGE = 2
 EXIT_NOINPUT = 66
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _log_options(demo)
     demo.set_defaults(handler=cmd_demo)
     _add_operator_commands(commands)
+    _add_alerts_commands(commands)
     return parser
 
 
@@ -199,13 +203,20 @@ async def _cycle(
                 on_progress=progress.update if progress else None,
             )
             if progress is None:
-                return await checker.run(racks)
-            ticker = asyncio.create_task(progress.tick(lambda: checker.tally))
-            try:
-                return await checker.run(racks)
-            finally:
-                ticker.cancel()
-                progress.clear()
+                reports = await checker.run(racks)
+            else:
+                ticker = asyncio.create_task(progress.tick(lambda: checker.tally))
+                try:
+                    reports = await checker.run(racks)
+                finally:
+                    ticker.cancel()
+                    progress.clear()
+        if not dry_run:
+            # Announce this run's health changes (and any left over); never fails the run.
+            await alerts.deliver_outbox(
+                store, settings, timeout_s=alerts.RUN_ONCE_DELIVERY_TIMEOUT_S
+            )
+        return reports
 
 
 class _Progress:
@@ -251,7 +262,34 @@ def _configure_logs(
     # On a terminal the progress line says what happens; logs say only what goes wrong.
     default = default or ("warning" if sys.stderr.isatty() else "info")
     secrets = settings.secret_values() if settings else ()
-    logs.configure(args.log_level or default, args.log_format, secrets=secrets)
+    stream = cast(TextIO, _BelowProgress(sys.stderr)) if sys.stderr.isatty() else None
+    logs.configure(args.log_level or default, args.log_format, secrets=secrets, stream=stream)
+
+
+class _BelowProgress:
+    """stderr for log lines on a terminal: each line first erases the progress line.
+
+    The progress line is drawn again at its next update, under the log line.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._line_start = True
+
+    def write(self, text: str) -> int:
+        if self._line_start and text:
+            self._stream.write("\r\x1b[2K")
+        self._line_start = text.endswith("\n")
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
 
 
 def _command(
@@ -292,27 +330,48 @@ def _fail(message: str, code: int) -> int:
 # The operator's commands: status, history and check-config.
 
 STATUS_HELP = """\
-Show where each agent stands, read from the state file. Safe while the daemon runs: the file
-is opened read-only.
+Show where each agent and rack stands, read from the state file. Safe while the daemon runs:
+the file is opened read-only.
 
 A header per rack gives its last cycle (when it started, its status and how long it took, or
-"running") and when the next one is due. Then one row per agent:
+"running") and when the next one is due, then its open rack incident, if any ("⚠ rack
+incident for 2h 0m: ..."). Then one row per agent:
+  HEALTH         healthy, unhealthy, excluded (cannot be checked) or unknown, and for how
+                 long; for an unhealthy agent, DETAIL says why, with the job that made it so
   LAST OUTCOME   the outcome of its latest finished check, and WHEN that check ended
   FAILURES       its checks that failed or timed out in a row, counting back from the latest
                  to its last pass; skips and errors neither end nor extend the run
+  PASS RATE      passes among its latest 10 checks that passed, failed or timed out
+  PROVISION      the median time from submission to end of its latest 10 passed jobs;
+                 "slower ×2.3" when the latest took twice that or more (with 3 passes)
   LAST PASSED    when its latest passed check ended ("never" if none did)
   JOB IN FLIGHT  the id of its rackwatch job that has no outcome yet
-An agent is listed under the rack of its latest check. The racks are those named, else every
-configured rack and every rack recorded in the state file.
+Then the rack's drift, by each agent's latest check: machines with no agent, agents gone
+stale (for how long their checks have found them so), and machines MAAS marks Broken or
+Failed (deployment, testing, commissioning, ...), beside their agent's health. An agent is
+listed under the rack of its latest check. The racks are those named, else every configured
+rack and every rack recorded in the state file.
 
---json prints {"racks": [{"rack", "last_cycle", "next_check", "agents"}]}: last_cycle is null
-or {"started_at", "finished_at", "status", "error", "duration_s"} (status "running" until it
-ends), next_check is null for a rack that is not configured, and each agent is {"agent",
-"machine", "last_outcome", "last_checked_at", "consecutive_failures", "last_passed_at",
-"job_in_flight", "detail"}. Times are UTC ISO 8601.
+--unhealthy lists only what needs a person: unhealthy agents; agents out of service by their
+own failure (stale, quarantined for a fail streak, or set offline by a failed recovery; not
+those an admin took offline or into maintenance, nor those without a queue of their own);
+machines MAAS marks broken or failed; and open rack incidents. Its first line says how many,
+or "nothing needs a person". It exits 1 when it lists anything, so it can drive a cron mail
+or a Nagios check.
 
-Exits 0, also when no check is recorded yet; 2 for a named rack that is neither configured
-nor recorded; 66 when the state file cannot be read."""
+--json prints {"racks": [{"rack", "last_cycle", "next_check", "incident", "drift",
+"agents"}]}: last_cycle is null or {"started_at", "finished_at", "status", "error",
+"duration_s"} (status "running" until it ends), next_check is null for a rack that is not
+configured, incident is null or {"opened_at", "reason"}, drift is {"no_agent": [machine],
+"stale": [{"agent", "since"}], "maas": [{"agent", "machine", "maas_status"}]}, and each agent
+is {"agent", "machine", "health": {"state", "since", "reason", "job_id"}, "last_outcome",
+"last_checked_at", "consecutive_failures", "pass_rate": {"passed", "judged"},
+"median_provision_s", "last_provision_s", "last_passed_at", "job_in_flight", "maas_status",
+"detail"}. With --unhealthy, only the racks and agents it lists. Times are UTC ISO 8601.
+
+Exits 0, also when no check is recorded yet; with --unhealthy, 1 when anything needs a
+person; 2 for a named rack that is neither configured nor recorded; 66 when the state file
+cannot be read."""
 
 HISTORY_HELP = """\
 Show one agent's checks, newest first: when each started (UTC), its rack, outcome, job id,
@@ -345,13 +404,18 @@ def _add_operator_commands(
     status = _command(
         commands,
         "status",
-        "show where each agent stands: last outcome, failures in a row, job in flight",
+        "show each agent's health and recent checks, rack incidents and drift",
         "rackwatch status tor3-a --config /etc/rackwatch/config.toml",
     )
     _explain(status, STATUS_HELP)
     status.add_argument("racks", nargs="*", metavar="RACK", help="default: every known rack")
     _config_option(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--unhealthy",
+        action="store_true",
+        help="list only what needs a person; exit 1 when anything does",
+    )
     status.set_defaults(handler=cmd_status)
 
     history = _command(
@@ -390,36 +454,42 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"no checks recorded yet: {state_file} does not exist")
             return 0
-        racks = [_rack_status(settings, rack, None, [], now) for rack in named or settings.racks]
-        print(report.status_json(racks))
+        racks = [_rack_status(settings, rack, None, {}, now) for rack in named or settings.racks]
+        print(report.status_json([] if args.unhealthy else racks))
         return 0
     try:
         with Store.open_readonly(state_file) as store, store.reading():
             recorded = store.racks()
             _refuse_unknown_racks(named, settings.racks, recorded)
             names = named or [*settings.racks, *(r for r in recorded if r not in settings.racks)]
-            racks = [
-                _rack_status(settings, rack, store.last_cycle(rack), store.agent_states(rack), now)
-                for rack in names
-            ]
+            health = {agent: known for agent, (_, known) in store.health().items()}
+            racks = [_rack_status(settings, rack, store, health, now) for rack in names]
     except StoreError as exc:
         return _fail(str(exc), EXIT_NOINPUT)
+    if args.unhealthy:
+        racks = report.needing_a_person(racks)
     if args.json:
         print(report.status_json(racks))
+    elif args.unhealthy:
+        print(report.unhealthy_text(racks, now))
     elif not racks:
         print(f"no racks: none configured, and none recorded in {state_file}")
     else:
         print(report.status_text(racks, now))
-    return 0
+    # With --unhealthy, what is listed needs a person: exit 1, for cron mail or a Nagios check.
+    return 1 if args.unhealthy and racks else 0
 
 
 def _rack_status(
     settings: StateSettings,
     rack: str,
-    last_cycle: CycleRecord | None,
-    agents: list[AgentState],
+    store: Store | None,
+    health: Mapping[str, AgentHealth],
     now: datetime,
 ) -> report.RackStatus:
+    """The rack as the state file records it; never checked without a store."""
+    last_cycle = store.last_cycle(rack) if store else None
+    agents = store.agent_states(rack) if store else []
     due = None
     if rack in settings.racks:
         due = next_check(
@@ -429,7 +499,15 @@ def _rack_status(
             interval=settings.schedule.interval,
             jitter=settings.schedule.jitter,
         )
-    return report.RackStatus(rack, last_cycle, due, agents)
+    return report.RackStatus(
+        rack,
+        last_cycle,
+        due,
+        agents,
+        incident=store.open_incident(rack) if store else None,
+        health=health,
+        trends=store.trends([state.agent for state in agents]) if store else {},
+    )
 
 
 def _refuse_unknown_racks(
@@ -523,3 +601,56 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
     return value
+
+
+# The alerts commands: alerts test.
+
+ALERTS_TEST_HELP = """\
+Send one test message to the webhook in alerts.webhook_url (a Mattermost or Slack incoming
+webhook), naming this host. Prints "sent", or why the webhook failed; never the URL, which
+carries the webhook's token.
+
+Exits 0 when the webhook accepted the message; 69 when it failed; 78 when alerts.webhook_url
+is not set or the configuration is invalid."""
+
+
+def _add_alerts_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    group = _command(
+        commands,
+        "alerts",
+        "work with the webhook that health changes are announced to",
+        "rackwatch alerts test --config /etc/rackwatch/config.toml",
+    )
+    actions = group.add_subparsers(title="actions", required=True, metavar="ACTION")
+    test = _command(
+        actions,
+        "test",
+        "send a test message to the configured webhook",
+        "rackwatch alerts test --config /etc/rackwatch/config.toml",
+    )
+    _explain(test, ALERTS_TEST_HELP)
+    _config_option(test)
+    test.set_defaults(handler=cmd_alerts_test)
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    logs.configure("error", secrets=settings.secret_values())  # the line below says what failed
+    webhook_url = settings.alerts.webhook_url.get_secret_value()
+    if not webhook_url:
+        return _fail("alerts.webhook_url is not set: there is no webhook to test", EXIT_CONFIG)
+
+    async def send() -> None:
+        async with make_session() as session:
+            await alerts.send_test(webhook_url, session)
+
+    try:
+        asyncio.run(send())
+    except UpstreamError as exc:
+        return _fail(f"alerts test: {exc}", EXIT_UNAVAILABLE)
+    except KeyboardInterrupt:
+        return _fail("alerts test interrupted", EXIT_INTERRUPTED)
+    print("sent")
+    return 0

@@ -23,10 +23,12 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from rackwatch import alerts
 from rackwatch.check import Checker, CheckPlan, RackReport
 from rackwatch.clients import RetryPolicy, connect
 from rackwatch.config import Settings, load_settings
 from rackwatch.errors import ConfigError
+from rackwatch.metrics import MetricsEndpoint, start_metrics
 from rackwatch.schedule import next_check
 from rackwatch.store import Store
 
@@ -81,6 +83,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._signals = 0
         self._store: Store | None = None
+        self._metrics: MetricsEndpoint | None = None  # /metrics and /healthz, when configured
+        self._deliveries: set[asyncio.Task[None]] = set()  # alert deliveries in flight
+        self._delivery_lock = asyncio.Lock()
         self._scheduler = AsyncIOScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -94,6 +99,13 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         with Store.open(self.settings.state_file) as store:
             self._store = store
+            if (address := self.settings.metrics.address) is not None:
+                self._metrics = await start_metrics(
+                    store,
+                    address,
+                    is_running=lambda: self._scheduler.running and not self._stop.is_set(),
+                    racks=lambda: self.settings.racks,
+                )
             self._schedule_all()
             self._scheduler.start()
             log.info("daemon.started", racks=self.settings.racks, pid=os.getpid())
@@ -170,6 +182,28 @@ class Daemon:
             return
         self._last[rack] = report
         sd_notify(f"STATUS={self._status()}")
+        if settings.alerts.webhook_url.get_secret_value():
+            self._start_alert_delivery(settings)
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    def _start_alert_delivery(self, settings: Settings) -> None:
+        """Send the alert outbox beside the checks: a failing webhook only delays its alerts."""
+        task = asyncio.create_task(self._deliver_alerts(settings), name="alerts")
+        self._deliveries.add(task)  # a reference, so that the task is not garbage-collected
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver_alerts(self, settings: Settings) -> None:
+        assert self._store is not None
+        # One run at a time, so that no alert is sent twice; each run reads the outbox anew.
+        async with self._delivery_lock:
+            await alerts.deliver_outbox(
+                self._store,
+                settings,
+                timeout_s=alerts.DAEMON_DELIVERY_TIMEOUT_S,
+                retry=self._retry or alerts.DELIVERY_RETRY,
+                now=self._clock,
+            )
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -188,8 +222,9 @@ class Daemon:
             log.error("daemon.reload_failed", error=str(exc), kept="the running configuration")
             return
         old, self.settings = self.settings, settings
-        if settings.state_file != old.state_file:
-            log.warning("daemon.restart_needed", reason="state_file changes at the next start")
+        for key in ("state_file", "metrics"):
+            if getattr(settings, key) != getattr(old, key):
+                log.warning("daemon.restart_needed", reason=f"{key} changes at the next start")
         if settings.check.concurrency != old.check.concurrency:
             self._limiter = asyncio.Semaphore(settings.check.concurrency)
         for rack in set(old.racks) - set(settings.racks):
@@ -246,6 +281,13 @@ class Daemon:
         for task in in_flight:
             task.cancel()
         await asyncio.gather(*in_flight, watchdog, return_exceptions=True)
+        # After the cycles, which start them. Undelivered alerts stay in the outbox.
+        deliveries = list(self._deliveries)
+        for task in deliveries:
+            task.cancel()
+        await asyncio.gather(*deliveries, return_exceptions=True)
+        if self._metrics is not None:  # it reads the state file, which closes next
+            await self._metrics.stop()
         assert self._store is not None
         left = len(self._store.unfinished())
         log.info("daemon.stopped", cycles_interrupted=len(in_flight), jobs_left_recorded=left)

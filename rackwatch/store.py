@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -159,6 +159,44 @@ FROM marks AS m LEFT JOIN checks AS passed ON passed.id = m.passed_id
 ORDER BY m.agent
 """
 
+# Each named agent's latest judged outcomes and passed jobs, the MAAS status of its machine at
+# its latest check, and when its current run of stale checks began (NULL unless its latest
+# finished check is stale). Each lookup reads at most :window rows of an index per outcome, or
+# the agent's current run of stale checks, so the cost does not grow with the history kept.
+_AGENT_TRENDS_SQL = """
+WITH wanted(agent) AS (SELECT DISTINCT value FROM json_each(:agents))
+SELECT
+    w.agent,
+    (SELECT json_group_array(outcome) FROM (
+        SELECT * FROM (SELECT outcome, created_at, id FROM checks
+                       WHERE agent = w.agent AND outcome = :passed
+                       ORDER BY created_at DESC, id DESC LIMIT :window)
+        UNION ALL
+        SELECT * FROM (SELECT outcome, created_at, id FROM checks
+                       WHERE agent = w.agent AND outcome = :failed
+                       ORDER BY created_at DESC, id DESC LIMIT :window)
+        UNION ALL
+        SELECT * FROM (SELECT outcome, created_at, id FROM checks
+                       WHERE agent = w.agent AND outcome = :timed_out
+                       ORDER BY created_at DESC, id DESC LIMIT :window)
+        ORDER BY created_at DESC, id DESC LIMIT :window)) AS judged,
+    (SELECT json_group_array(
+                json_array(created_at, coalesce(submitted_at, created_at), finished_at))
+     FROM (SELECT created_at, submitted_at, finished_at FROM checks
+           WHERE agent = w.agent AND outcome = :passed
+           ORDER BY created_at DESC, id DESC LIMIT :window)) AS passes,
+    (SELECT maas_status FROM checks
+     WHERE agent = w.agent ORDER BY created_at DESC, id DESC LIMIT 1) AS maas_status,
+    (SELECT min(created_at) FROM checks
+     WHERE agent = w.agent AND outcome = :stale AND created_at > coalesce(
+         (SELECT created_at FROM checks
+          WHERE agent = w.agent AND outcome IS NOT NULL AND outcome <> :stale
+          ORDER BY created_at DESC, id DESC LIMIT 1),
+         '')) AS stale_since
+FROM wanted AS w
+ORDER BY w.agent
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class CheckRecord:
@@ -245,6 +283,28 @@ class HealthChange:
     agent: str
     before: AgentHealth
     after: AgentHealth
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeCount:
+    """Checks with an outcome counted by (rack, outcome), and where the next count starts."""
+
+    counts: dict[tuple[str, str], int]
+    above: int  # the highest check id read: count on from the ids above it
+    unfinished: frozenset[int]  # the checks read that had no outcome yet: count them later
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTrend:
+    """An agent's recent record, shown beside its health by `rackwatch status`."""
+
+    agent: str
+    judged: int  # its latest checks that passed, failed or timed out, at most the window
+    passed: int  # how many of those passed
+    # Seconds from submission to the end of each of its latest passed jobs, newest first.
+    provision_s: tuple[float, ...]
+    maas_status: str | None  # the MAAS status_name of its machine at its latest check
+    stale_since: datetime | None  # when its current run of stale checks began; None if not stale
 
 
 class Store:
@@ -680,6 +740,89 @@ class Store:
     def counters(self, name: str) -> dict[str, int]:
         rows = self._select("SELECT labels, value FROM counters WHERE name = ?", (name,))
         return {row["labels"]: row["value"] for row in rows}
+
+    # metrics
+
+    def last_finished_cycle(self, rack: str) -> CycleRecord | None:
+        """The rack's latest cycle that ran to its end: not running, not cut short."""
+        rows = self._select(
+            "SELECT * FROM cycles WHERE rack = ? AND status IN ('ok', 'failures', 'error')"
+            " ORDER BY started_at DESC, id DESC LIMIT 1",
+            (rack,),
+        )
+        return _cycle(rows[0]) if rows else None
+
+    def last_passes(self, agents: Sequence[str]) -> dict[str, CheckRecord]:
+        """Each agent's latest passed check, for those of `agents` that ever passed."""
+        rows = self._select(
+            "SELECT * FROM checks WHERE id IN (SELECT (SELECT id FROM checks"
+            " WHERE agent = j.value AND outcome = ? ORDER BY created_at DESC, id DESC LIMIT 1)"
+            " FROM json_each(?) AS j)",
+            (str(Outcome.PASSED), json.dumps(list(agents))),
+        )
+        return {row["agent"]: _check(row) for row in rows}
+
+    def count_outcomes(self, *, above: int = 0, among: Collection[int] = ()) -> OutcomeCount:
+        """Count the checks with an outcome: those with an id above `above`, and those of `among`.
+
+        Made for a running total that reads only what is new: an outcome never changes once
+        given and checks are never deleted, so a caller that adds up the counts and passes back
+        `above` and `unfinished` each time counts every check exactly once.
+        """
+        with self.reading():
+            top = self._select("SELECT coalesce(max(id), 0) AS top FROM checks", ())[0]["top"]
+            # Each part grouped on its own: a grouping over their union reads slower.
+            rows = self._select(
+                "SELECT rack, outcome, count(*) AS n FROM checks"
+                " WHERE id > :above AND outcome IS NOT NULL GROUP BY rack, outcome"
+                " UNION ALL SELECT rack, outcome, count(*) FROM checks"
+                " WHERE id IN (SELECT value FROM json_each(:among)) AND id <= :above"
+                " AND outcome IS NOT NULL GROUP BY rack, outcome",
+                {"above": above, "among": json.dumps(sorted(among))},
+            )
+            unfinished = self._select("SELECT id FROM checks WHERE outcome IS NULL", ())
+        counts: dict[tuple[str, str], int] = {}
+        for row in rows:
+            key = (row["rack"], row["outcome"])
+            counts[key] = counts.get(key, 0) + row["n"]
+        return OutcomeCount(
+            counts=counts,
+            above=max(top, above),
+            unfinished=frozenset(row["id"] for row in unfinished if row["id"] <= top),
+        )
+
+    # status over time
+
+    def trends(self, agents: Sequence[str], window: int = 10) -> dict[str, AgentTrend]:
+        """Each named agent's recent record: its latest `window` judged checks and passed jobs."""
+        rows = self._select(
+            _AGENT_TRENDS_SQL,
+            {
+                "agents": json.dumps(list(agents)),
+                "window": window,
+                "passed": str(Outcome.PASSED),
+                "failed": str(Outcome.FAILED),
+                "timed_out": str(Outcome.TIMED_OUT),
+                "stale": str(Outcome.STALE),
+            },
+        )
+        trends = {}
+        for row in rows:
+            judged = json.loads(row["judged"])
+            # Newest first; ISO 8601 UTC texts of one width sort as the times do.
+            passes = sorted(json.loads(row["passes"]), reverse=True)
+            trends[row["agent"]] = AgentTrend(
+                agent=row["agent"],
+                judged=len(judged),
+                passed=judged.count(str(Outcome.PASSED)),
+                provision_s=tuple(
+                    (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+                    for _, start, end in passes
+                ),
+                maas_status=row["maas_status"],
+                stale_since=_time(row["stale_since"]),
+            )
+        return trends
 
     @contextmanager
     def reading(self) -> Iterator[None]:

@@ -230,6 +230,8 @@ async def test_faults_on_every_route_still_end_every_agent(served: LabFactory) -
     assert list(final.values()).count(Outcome.PASSED) >= 2
     with Store.open(harness.state_file) as store:
         assert store.unfinished() == []
+        # Each call that failed for good is counted, for rackwatch_upstream_errors_total.
+        assert store.counters("upstream_errors").get("testflinger", 0) >= 1
 
 
 async def test_results_unreadable_until_the_deadline_is_an_error(served: LabFactory) -> None:

@@ -9,6 +9,7 @@ import re
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,15 @@ from rackwatch.config import Settings
 from rackwatch.errors import StoreError
 from rackwatch.model import Outcome
 from rackwatch.simlab import Behaviour, Lab, LabUrls, SimMachine, SimRack
-from rackwatch.store import _AGENT_MARKS_SQL, MIGRATIONS, CycleRecord, Store, _migrate
+from rackwatch.store import (
+    _AGENT_MARKS_SQL,
+    _AGENT_TRENDS_SQL,
+    MIGRATIONS,
+    AgentTrend,
+    CycleRecord,
+    Store,
+    _migrate,
+)
 
 FAST_RETRY = RetryPolicy(attempts=3, timeout_s=5.0, wait_initial_s=0.01, wait_max_s=0.05)
 LOGIN = ("rackwatch-ci", "a-long-client-secret-0001")
@@ -106,30 +115,27 @@ class Setup:
         return data
 
 
-@pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    b = Behaviour
-    lab = Lab(
-        [
-            SimRack(
-                "r1",
-                [
-                    SimMachine("r1-m1", b.PASS),
-                    SimMachine("r1-m2", b.FAIL),
-                    SimMachine("r1-m3", b.OFFLINE),
-                ],
-            ),
-            SimRack("r2", [SimMachine("r2-m1", b.PASS)]),
-        ],
-        provision_seconds=0.2,
-        pickup_seconds=0.02,
-    )
+@asynccontextmanager
+async def served(tmp_path: Path, *racks: SimRack) -> AsyncIterator[Setup]:
+    """The racks as a served lab, with a configuration naming them all."""
+    lab = Lab(racks, provision_seconds=0.2, pickup_seconds=0.02)
     async with lab.serve() as urls:
         state_file = tmp_path / "state.db"
         config = write_config(
             tmp_path / "rw.toml", urls, lab.maas_api_key, state_file, lab.rack_names
         )
         yield Setup(lab, urls, config, state_file)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    b = Behaviour
+    r1 = SimRack(
+        "r1",
+        [SimMachine("r1-m1", b.PASS), SimMachine("r1-m2", b.FAIL), SimMachine("r1-m3", b.OFFLINE)],
+    )
+    async with served(tmp_path, r1, SimRack("r2", [SimMachine("r2-m1", b.PASS)])) as setup:
+        yield setup
 
 
 def agents_of(data: dict[str, Any], rack: str) -> dict[str, dict[str, Any]]:
@@ -153,17 +159,29 @@ async def test_status_shows_a_header_per_rack_and_a_row_per_agent(setup: Setup) 
     header = r"^r1: last cycle started (just now|.+ ago), ended after [\d.]+s: failures; "
     assert re.search(header + r"next check in 5h 5\dm$", done.out, re.MULTILINE), done.out
     assert re.search(r"^r2: .*: ok; next check in", done.out, re.MULTILINE), done.out
-    assert "AGENT  LAST OUTCOME  WHEN" in done.out
+    assert re.search(
+        r"^  AGENT +HEALTH +LAST OUTCOME +WHEN +FAILURES +PASS RATE +PROVISION +LAST PASSED"
+        r" +JOB IN FLIGHT +DETAIL$",
+        done.out,
+        re.MULTILINE,
+    ), done.out
+    passed = row(done.out, "r1-m1")
     assert re.match(
-        r"  r1-m1 +passed +(just now|\d+s ago) +0 +(just now|\d+s ago) *$", row(done.out, "r1-m1")
-    )
+        r"  r1-m1 +healthy \d+s +passed +(just now|\d+s ago) +0 +1/1 +0\.\ds"
+        r" +(just now|\d+s ago) *$",
+        passed,
+    ), passed
     failed = row(done.out, "r1-m2")
-    assert re.match(r"  r1-m2 +failed +.+ +1 +never +provisioning exited 1", failed), failed
-    assert re.match(r"  r1-m3 +offline +.+ +0 +never +offline: ", row(done.out, "r1-m3"))
-    assert done.out.strip().endswith(
+    assert re.match(
+        r"  r1-m2 +unknown +failed +.+ +1 +0/1 +- +never +provisioning exited 1", failed
+    ), failed
+    offline = row(done.out, "r1-m3")
+    assert re.match(r"  r1-m3 +excluded \d+s +offline +.+ +0 +- +- +never +offline: ", offline)
+    assert done.out.strip().splitlines()[-2:] == [
         "2 racks, 4 agents by their last outcome: 2 passed, 1 failed or timed out, 0 errors,"
-        " 1 not checked; 0 jobs in flight"
-    )
+        " 1 not checked; 0 jobs in flight",
+        "by health: 2 healthy, 0 unhealthy, 1 excluded, 1 unknown; 0 rack incidents open",
+    ]
 
 
 async def test_consecutive_failures_grow_pass_over_skips_and_reset_after_a_pass(
@@ -209,9 +227,12 @@ async def test_status_shows_the_job_in_flight(setup: Setup) -> None:
     assert done.code == 0, done.err
     assert re.search(r"^r1: last cycle started .+, still running; next check in", done.out, re.M)
     assert re.match(
-        rf"  r1-m1 +passed +.+ +0 +(just now|.+ ago) +{JOB_ID}$", row(done.out, "r1-m1")
+        rf"  r1-m1 +healthy \S+ +passed +.+ +0 +1/1 +\S+ +(just now|.+ ago) +{JOB_ID}$",
+        row(done.out, "r1-m1"),
     )
-    assert re.match(r"  r1-new +- +- +0 +never +job-of-a-new-agent$", row(done.out, "r1-new"))
+    assert re.match(
+        r"  r1-new +unknown +- +- +0 +- +- +never +job-of-a-new-agent$", row(done.out, "r1-new")
+    )
     assert "; 2 jobs in flight" in done.out
 
     [rack] = data["racks"]
@@ -233,7 +254,9 @@ async def test_status_json_has_exactly_the_documented_structure(setup: Setup) ->
     assert list(data) == ["racks"]
     assert [r["rack"] for r in data["racks"]] == ["r1", "r2"]
     rack = data["racks"][0]
-    assert list(rack) == ["rack", "last_cycle", "next_check", "agents"]
+    assert list(rack) == ["rack", "last_cycle", "next_check", "incident", "drift", "agents"]
+    assert rack["incident"] is None
+    assert rack["drift"] == {"no_agent": [], "stale": [], "maas": []}
     assert set(rack["last_cycle"]) == {"started_at", "finished_at", "status", "error", "duration_s"}
     assert rack["last_cycle"]["status"] == "failures"
     assert rack["last_cycle"]["duration_s"] > 0
@@ -241,18 +264,32 @@ async def test_status_json_has_exactly_the_documented_structure(setup: Setup) ->
     assert datetime.fromisoformat(rack["next_check"]) == started + timedelta(hours=6)
     agents = agents_of(data, "r1")
     assert list(agents) == ["r1-m1", "r1-m2", "r1-m3"]
-    assert set(agents["r1-m2"]) == {
+    assert list(agents["r1-m2"]) == [
         "agent",
         "machine",
+        "health",
         "last_outcome",
         "last_checked_at",
         "consecutive_failures",
+        "pass_rate",
+        "median_provision_s",
+        "last_provision_s",
         "last_passed_at",
         "job_in_flight",
+        "maas_status",
         "detail",
-    }
-    assert agents["r1-m2"]["machine"] == "r1-m2"
-    assert agents["r1-m2"]["detail"] == "provisioning exited 1 (device connector error)"
+    ]
+    failing, passing = agents["r1-m2"], agents["r1-m1"]
+    assert failing["machine"] == "r1-m2"
+    assert failing["detail"] == "provisioning exited 1 (device connector error)"
+    assert failing["health"] == {"state": "unknown", "since": None, "reason": "", "job_id": None}
+    assert failing["pass_rate"] == {"passed": 0, "judged": 1}
+    assert (failing["median_provision_s"], failing["last_provision_s"]) == (None, None)
+    assert failing["maas_status"] == "Deployed"
+    assert list(passing["health"]) == ["state", "since", "reason", "job_id"]
+    assert passing["health"]["state"] == "healthy"
+    assert passing["pass_rate"] == {"passed": 1, "judged": 1}
+    assert 0 < passing["median_provision_s"] == passing["last_provision_s"] < 3
 
 
 async def test_status_names_racks_and_lists_recorded_ones_no_longer_configured(
@@ -299,6 +336,263 @@ async def test_status_before_any_check_says_so_and_exits_0(setup: Setup) -> None
         ("r2", None, []),
     ]
     assert not setup.state_file.exists()
+
+
+# status: health over time
+
+
+async def test_status_shows_health_with_since_and_reason(setup: Setup) -> None:
+    """Two failures make an agent unhealthy since its second, with the reason and job in DETAIL."""
+    await setup.cycle("r1")
+    await setup.cycle("r1")
+    with Store.open_readonly(setup.state_file) as store:
+        latest = store.history("r1-m2")[0]
+    assert latest.finished_at is not None
+
+    done, data = await asyncio.gather(setup.status("r1"), setup.status_json("r1"))
+    assert done.code == 0, done.err
+    reason = "failed: provisioning exited 1 (device connector error)"
+    unhealthy = row(done.out, "r1-m2")
+    assert re.match(
+        rf"  r1-m2 +unhealthy \d+s +failed +.+ +2 +0/2 +- +never +"
+        rf"{re.escape(reason)} \(job {latest.job_id}\)$",
+        unhealthy,
+    ), unhealthy
+    assert re.match(r"  r1-m1 +healthy \d+s +passed .* 2/2 ", row(done.out, "r1-m1"))
+    assert re.match(r"  r1-m3 +excluded \d+s +offline ", row(done.out, "r1-m3"))
+
+    agents = agents_of(data, "r1")
+    assert agents["r1-m2"]["health"] == {
+        "state": "unhealthy",
+        "since": latest.finished_at.isoformat(),
+        "reason": reason,
+        "job_id": latest.job_id,
+    }
+    assert agents["r1-m3"]["health"]["state"] == "excluded"
+    assert agents["r1-m3"]["health"]["reason"].startswith("offline: offline: Set to offline by")
+
+
+async def test_status_shows_the_pass_rate_and_flags_a_slower_provisioning(
+    tmp_path: Path,
+) -> None:
+    """Pass rate over the latest 10 judged checks; median of 10 passes; twice it flagged."""
+    o = Outcome
+    slow: list[tuple[Outcome, float]] = [
+        (o.PASSED, 100), (o.FAILED, 40), (o.PASSED, 100), (o.OFFLINE, 0), (o.PASSED, 100),
+        (o.TIMED_OUT, 300), (o.PASSED, 100), (o.PASSED, 100), (o.BUSY, 0), (o.PASSED, 100),
+        (o.PASSED, 100), (o.PASSED, 100), (o.FAILED, 40), (o.PASSED, 100), (o.PASSED, 250),
+    ]  # fmt: skip
+    history: dict[str, list[tuple[Outcome, float]]] = {
+        "slow": slow,
+        "steady": [(o.PASSED, 100), (o.PASSED, 100), (o.PASSED, 190)],  # only ×1.9
+        "young": [(o.PASSED, 100), (o.PASSED, 300)],  # too few passes to judge
+    }
+    state_file = tmp_path / "state.db"
+    start = datetime.now(UTC) - timedelta(days=10)
+    with Store.open(state_file) as store:
+        for step in range(len(slow)):
+            at = start + timedelta(hours=6 * step)
+            cycle_id = store.start_cycle("r1", at)
+            for agent, checks in history.items():
+                index = step - (len(slow) - len(checks))
+                if index >= 0:
+                    outcome, seconds = checks[index]
+                    record_check(store, cycle_id, agent, outcome, at, seconds)
+            store.finish_cycle(cycle_id, at + timedelta(hours=1), "failures")
+        trends = store.trends(["slow", "steady", "young", "nobody"])
+    assert trends["slow"].provision_s == (250, *[100] * 9)
+    assert (trends["slow"].passed, trends["slow"].judged) == (8, 10)
+    assert trends["nobody"] == AgentTrend("nobody", 0, 0, (), None, None)
+
+    config = tmp_path / "rw.toml"
+    config.write_text(f'racks = ["r1"]\nstate_file = "{state_file}"\n')
+    done, as_json = await asyncio.gather(
+        rackwatch("status", "--config", str(config)),
+        rackwatch("status", "--json", "--config", str(config)),
+    )
+    assert done.code == 0, done.err
+    assert re.match(r"  slow .* 8/10 +1m 40s slower ×2\.5 +", row(done.out, "slow"))
+    assert re.match(r"  steady .* 3/3 +1m 40s {2,}\d+d \d+h ago$", row(done.out, "steady"))
+    assert re.match(r"  young .* 2/2 +3m 20s {2,}\d+d \d+h ago$", row(done.out, "young"))
+    agents = agents_of(json.loads(as_json.out), "r1")
+    assert {name: (a["pass_rate"], a["median_provision_s"], a["last_provision_s"])
+            for name, a in agents.items()} == {
+        "slow": ({"passed": 8, "judged": 10}, 100.0, 250.0),
+        "steady": ({"passed": 3, "judged": 3}, 100.0, 190.0),
+        "young": ({"passed": 2, "judged": 2}, 200.0, 300.0),
+    }  # fmt: skip
+
+
+def test_slowdown_needs_three_passes_and_twice_the_median() -> None:
+    """The latest pass is flagged at twice the median or more, and only with 3 passes or more."""
+    assert report.slowdown([250, *[100] * 9]) == 2.5
+    assert report.slowdown([200, 100, 100]) == 2.0
+    assert report.slowdown([190, 100, 100]) is None
+    assert report.slowdown([100, 250, 250]) is None  # faster than before
+    assert report.slowdown([300, 100]) is None
+    assert report.slowdown([]) is None
+
+
+async def test_status_shows_an_open_rack_incident(setup: Setup) -> None:
+    """Two of three checked agents failing open an incident: a header line, JSON, --unhealthy."""
+    setup.lab.set_behaviour("r1-m3", Behaviour.FAIL)
+    await setup.cycle("r1")
+    with Store.open_readonly(setup.state_file) as store:
+        incident = store.open_incident("r1")
+    assert incident is not None
+
+    done, data, unhealthy = await asyncio.gather(
+        setup.status(), setup.status_json(), setup.status("--unhealthy")
+    )
+    assert done.code == 0, done.err
+    reason = (
+        "2 of 3 checked agents failed (67%): suspected lab infrastructure failure"
+        " (switch, power, MAAS images)"
+    )
+    lines = done.out.splitlines()
+    assert lines[0].startswith("r1: last cycle started")
+    assert re.fullmatch(rf"  ⚠ rack incident for \d+s: {re.escape(reason)}", lines[1]), lines[1]
+    assert "rack incident" not in done.out.split("\n\nr2:")[1].split("\n\n")[0]
+    assert done.out.strip().endswith("; 1 rack incident open")
+    [r1, r2] = data["racks"]
+    assert r1["incident"] == {"opened_at": incident.opened_at.isoformat(), "reason": reason}
+    assert r2["incident"] is None
+    # The failures of an incident are the lab's, not the machines'.
+    assert {a["health"]["state"] for a in r1["agents"] if a["last_outcome"] == "failed"} == {
+        "unknown"
+    }
+
+    assert unhealthy.code == 1, unhealthy.err
+    head, blank, header, incident_line, rest = unhealthy.out.splitlines()
+    assert (head, blank, rest) == (
+        "needs a person: 1 rack incident, in 1 rack",
+        "",
+        "  no agent needs a person",
+    )
+    assert header.startswith("r1: last cycle started")
+    assert incident_line.startswith("  ⚠ rack incident for ")
+
+
+async def test_status_shows_drift_beside_health(tmp_path: Path) -> None:
+    """Machines without an agent, stale agents and machines MAAS marks broken, per rack."""
+    b = Behaviour
+    rack = SimRack(
+        "d1",
+        [
+            SimMachine("d1-m1", b.PASS),
+            SimMachine("d1-m2", None),
+            SimMachine("d1-m3", b.STALE),
+            SimMachine("d1-m4", b.RECOVERY_FAIL),
+            SimMachine("d1-m5", b.OFFLINE),
+        ],
+    )
+    async with served(tmp_path, rack) as setup:
+        setup.lab.set_maas_status("d1-m1", "Broken")
+        await setup.cycle()
+        setup.lab.set_maas_status("d1-m4", "Failed deployment")
+        await setup.cycle()  # d1-m4 set itself offline after its failed recovery
+        with Store.open_readonly(setup.state_file) as store:
+            [_, first_stale] = store.history("d1-m3")  # newest first
+        done, data, unhealthy, unhealthy_json = await asyncio.gather(
+            setup.status(),
+            setup.status_json(),
+            setup.status("--unhealthy"),
+            setup.status("--unhealthy", "--json"),
+        )
+
+    assert done.code == 0, done.err
+    lines = done.out.splitlines()
+    drift_lines = lines[lines.index(row(done.out, "d1-m5")) + 1 :][:3]
+    assert drift_lines[0] == "  no agent: d1-m2"
+    assert re.fullmatch(r"  stale: d1-m3 \(for \d+s\)", drift_lines[1]), drift_lines
+    assert drift_lines[2] == (
+        "  MAAS says: d1-m1 Broken (agent healthy), d1-m4 Failed deployment (agent excluded)"
+    )
+    [block] = data["racks"]
+    assert block["drift"] == {
+        "no_agent": ["d1-m2"],
+        "stale": [{"agent": "d1-m3", "since": first_stale.created_at.isoformat()}],
+        "maas": [
+            {"agent": "d1-m1", "machine": "d1-m1", "maas_status": "Broken"},
+            {"agent": "d1-m4", "machine": "d1-m4", "maas_status": "Failed deployment"},
+        ],
+    }
+    assert agents_of(data, "d1")["d1-m1"]["maas_status"] == "Broken"
+
+    # A stale agent, one its failed recovery took offline and a broken machine need a person;
+    # a machine without an agent, and an agent an admin took offline, do not.
+    assert unhealthy.code == 1, unhealthy.err
+    listed = [line.split()[0] for line in unhealthy.out.splitlines() if line.startswith("  d1-")]
+    assert listed == ["d1-m1", "d1-m3", "d1-m4"]
+    assert unhealthy.out.splitlines()[0] == "needs a person: 3 agents, in 1 rack"
+    assert "no agent:" not in unhealthy.out
+    assert "  MAAS says: d1-m1 Broken" in unhealthy.out
+    assert unhealthy_json.code == 1
+    [only] = json.loads(unhealthy_json.out)["racks"]
+    assert [a["agent"] for a in only["agents"]] == ["d1-m1", "d1-m3", "d1-m4"]
+    assert only["drift"]["no_agent"] == []
+
+
+async def test_status_unhealthy_lists_only_what_needs_a_person(setup: Setup) -> None:
+    """--unhealthy lists the unhealthy agent alone and exits 1; once it passes, exits 0."""
+    await setup.cycle()
+    await setup.cycle()
+    done, as_json = await asyncio.gather(
+        setup.status("--unhealthy"), setup.status("--unhealthy", "--json")
+    )
+    assert done.code == 1, done.err
+    lines = done.out.splitlines()
+    assert lines[0] == "needs a person: 1 agent, in 1 rack"
+    assert lines[2].startswith("r1: last cycle started")
+    assert lines[3].split()[:2] == ["AGENT", "HEALTH"]
+    assert [line.split()[:2] for line in lines[4:]] == [["r1-m2", "unhealthy"]]
+    assert as_json.code == 1
+    [rack] = json.loads(as_json.out)["racks"]
+    assert (rack["rack"], [a["agent"] for a in rack["agents"]]) == ("r1", ["r1-m2"])
+
+    setup.lab.set_behaviour("r1-m2", Behaviour.PASS)
+    await setup.cycle()
+    done, as_json = await asyncio.gather(
+        setup.status("--unhealthy"), setup.status("--unhealthy", "--json")
+    )
+    assert (done.code, done.out, done.err) == (0, "nothing needs a person\n", "")
+    assert (as_json.code, json.loads(as_json.out)) == (0, {"racks": []})
+
+
+async def test_status_unhealthy_before_any_check_exits_0(setup: Setup) -> None:
+    """With no state file yet nothing needs a person: exit 0, and --json lists no rack."""
+    done, as_json = await asyncio.gather(
+        setup.status("--unhealthy"), setup.status("--unhealthy", "--json")
+    )
+    assert (done.code, done.out.strip()) == (
+        0,
+        f"no checks recorded yet: {setup.state_file} does not exist",
+    )
+    assert (as_json.code, json.loads(as_json.out)) == (0, {"racks": []})
+
+
+def record_check(
+    store: Store, cycle_id: int, agent: str, outcome: Outcome, at: datetime, seconds: float
+) -> None:
+    """One check of `agent`: a job submitted 5 s after `at` that took `seconds`, or a skip."""
+    if outcome.is_skip:
+        store.record_outcome(
+            cycle_id, rack="r1", agent=agent, machine=agent, outcome=outcome, at=at
+        )
+        return
+    check_id = store.begin_job(
+        cycle_id,
+        rack="r1",
+        agent=agent,
+        machine=agent,
+        queue=agent,
+        job_id=f"{agent}@{at.isoformat()}",
+        at=at,
+        maas_status="Deployed",
+    )
+    submitted = at + timedelta(seconds=5)
+    store.mark_submitted(check_id, submitted)
+    store.finish_check(check_id, outcome=outcome, at=submitted + timedelta(seconds=seconds))
 
 
 # history
@@ -488,6 +782,7 @@ def test_status_text_says_when_a_rack_is_due_failed_or_never_checked() -> None:
         "",
         "2 racks, 0 agents by their last outcome: 0 passed, 0 failed or timed out, 0 errors,"
         " 0 not checked; 0 jobs in flight",
+        "by health: 0 healthy, 0 unhealthy, 0 excluded, 0 unknown; 0 rack incidents open",
     ]
     assert report.plural(2412, "agent") == "2,412 agents"
 
@@ -627,3 +922,75 @@ def test_a_schema_1_file_gains_the_status_index_and_keeps_its_rows(tmp_path: Pat
     assert "checks_agent_outcome" in indexes
     with Store.open_readonly(path) as store:
         assert store.racks() == ["r1"]
+
+
+def test_trend_queries_search_indexes_and_never_scan_the_checks(tmp_path: Path) -> None:
+    """Every lookup of the per-agent trends is an index search, so history size does not matter."""
+    path = tmp_path / "state.db"
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        params = {
+            "agents": '["a", "b"]',
+            "window": 10,
+            "passed": "passed",
+            "failed": "failed",
+            "timed_out": "timed_out",
+            "stale": "stale",
+        }
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _AGENT_TRENDS_SQL, params)]
+    finally:
+        conn.close()
+    on_checks = [step for step in plan if re.search(r"\bchecks\b", step)]
+    assert len(on_checks) >= 7, plan
+    assert all(step.startswith("SEARCH") for step in on_checks), plan
+
+
+def test_trends_give_the_latest_maas_status_and_the_current_stale_run(tmp_path: Path) -> None:
+    """MAAS status comes from the newest check, in flight or not; stale since the run's start."""
+    o = Outcome
+    with Store.open(tmp_path / "state.db") as store:
+        start = datetime.now(UTC) - timedelta(days=3)
+        runs: dict[str, list[tuple[Outcome | None, str]]] = {
+            "back": [(o.STALE, "Deployed"), (o.PASSED, "Deployed")],
+            "again": [
+                (o.STALE, "Deployed"),
+                (o.PASSED, "Deployed"),
+                (o.STALE, "Deployed"),
+                (o.STALE, "Broken"),
+            ],
+            "running": [(o.PASSED, "Deployed"), (None, "Failed testing")],
+        }
+        created: dict[str, list[datetime]] = {}
+        for agent, checks in runs.items():
+            for step, (outcome, maas_status) in enumerate(checks):
+                at = start + timedelta(hours=6 * step)
+                cycle_id = store.start_cycle(agent, at)
+                created.setdefault(agent, []).append(at)
+                if outcome is o.STALE:
+                    store.record_outcome(
+                        cycle_id,
+                        rack=agent,
+                        agent=agent,
+                        machine=agent,
+                        outcome=outcome,
+                        at=at,
+                        maas_status=maas_status,
+                    )
+                    continue
+                check_id = store.begin_job(
+                    cycle_id,
+                    rack=agent,
+                    agent=agent,
+                    machine=agent,
+                    queue=agent,
+                    job_id=f"{agent}-{step}",
+                    at=at,
+                    maas_status=maas_status,
+                )
+                if outcome is not None:
+                    store.finish_check(check_id, outcome=outcome, at=at + timedelta(minutes=9))
+        trends = store.trends(list(runs))
+    assert [trends[a].stale_since for a in runs] == [None, created["again"][2], None]
+    assert [trends[a].maas_status for a in runs] == ["Deployed", "Broken", "Failed testing"]
+    assert trends["running"].provision_s == (540.0,)  # never submitted: timed from its creation
