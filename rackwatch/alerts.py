@@ -62,7 +62,13 @@ MAX_LINES = 40
 # rather than refusing one message: no use trying the alerts behind.
 _UNUSABLE_STATUSES = frozenset({401, 403, 404, 410})
 
-_ICONS = {"unhealthy": "🔴", "recovered": "🟢", "incident_opened": "⚠️", "incident_closed": "✅"}
+_ICONS = {
+    "unhealthy": "🔴",
+    "recovered": "🟢",
+    "incident_opened": "⚠️",
+    "incident_closed": "✅",
+    "drift": "🟡",
+}
 
 
 def render(body: Mapping[str, Any], *, testflinger_url: str | None) -> dict[str, Any]:
@@ -112,6 +118,8 @@ def _summary(events: list[dict[str, Any]]) -> str:
         parts.append(f"{count if kinds['unhealthy'] else _agents(count)} recovered")
     if kinds["incident_closed"]:
         parts.append("rack incident over")
+    if kinds["drift"]:
+        parts.append(f"{kinds['drift']} inventory problem{'s' if kinds['drift'] != 1 else ''}")
     others = len(events) - sum(kinds[kind] for kind in _ICONS)
     if others:
         parts.append(f"{others} other change{'s' if others != 1 else ''}")
@@ -134,6 +142,8 @@ def _line(event: dict[str, Any]) -> str:
         text = "rack incident opened" + (f": {reason}" if reason else "")
     elif kind == "incident_closed":
         text = "rack incident over"
+    elif kind == "drift":
+        text = f"{agent}: {reason}"
     else:  # an event kind of a later rackwatch, read from an outbox it left behind
         text = f"{agent or _escape(str(event['rack'] or ''))} {_escape(kind)}: {reason}"
     if event["url"]:

@@ -22,6 +22,19 @@ from rackwatch.model import Outcome
 EXCLUDING = frozenset({Outcome.OFFLINE, Outcome.QUARANTINED, Outcome.STALE, Outcome.NO_QUEUE})
 JUDGED = frozenset({Outcome.PASSED, Outcome.FAILED, Outcome.TIMED_OUT})
 FAILING = frozenset({Outcome.FAILED, Outcome.TIMED_OUT})
+# MAAS statuses (status_name) that say the machine itself is in trouble.
+MAAS_TROUBLE = frozenset(
+    {
+        "Broken",
+        "Failed commissioning",
+        "Failed deployment",
+        "Failed testing",
+        "Failed disk erasing",
+        "Releasing failed",
+        "Failed to enter rescue mode",
+        "Failed to exit rescue mode",
+    }
+)
 
 
 class Health(StrEnum):
@@ -119,4 +132,19 @@ def incident_reason(
             f"({len(failed) / len(checked):.0%}): suspected lab infrastructure failure "
             "(switch, power, MAAS images)"
         )
+    return None
+
+
+def drift(outcome: Outcome, maas_status: str | None) -> str | None:
+    """What is wrong with the inventory around one machine, or None.
+
+    A machine with no agent, an agent gone silent, or a machine MAAS itself marks as broken or
+    failed: things a test run would trip over that no provisioning job reports.
+    """
+    if maas_status in MAAS_TROUBLE:
+        return f"MAAS marks the machine {maas_status}"
+    if outcome is Outcome.NO_AGENT:
+        return "a machine of the rack with no Testflinger agent"
+    if outcome is Outcome.STALE:
+        return "its agent went stale"
     return None

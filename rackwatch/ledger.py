@@ -88,6 +88,7 @@ def settle(
                 )
             )
 
+    events += _new_drift(store, cycle)
     alert = {"rack": cycle.rack, "cycle_id": cycle.id, "events": events} if events else None
     store.record_health(
         cycle,
@@ -98,6 +99,18 @@ def settle(
         at=at,
     )
     return Verdict(changes, events, reason)
+
+
+def _new_drift(store: Store, cycle: CycleRecord) -> list[dict[str, Any]]:
+    """Drift that this cycle found and the rack's previous complete cycle did not."""
+    previous = store.previous_complete_cycle(cycle)
+    before = store.inventory(previous.id) if previous is not None else {}
+    events = []
+    for agent, (outcome, maas_status) in sorted(store.inventory(cycle.id).items()):
+        now = health.drift(outcome, maas_status)
+        if now is not None and (agent not in before or health.drift(*before[agent]) != now):
+            events.append(_event(cycle, "drift", agent=agent, reason=now))
+    return events
 
 
 def _event(

@@ -15,7 +15,7 @@ from statistics import median
 from typing import Any
 
 from rackwatch.check import RackReport, Tally
-from rackwatch.health import UNKNOWN, AgentHealth, Health
+from rackwatch.health import MAAS_TROUBLE, UNKNOWN, AgentHealth, Health
 from rackwatch.model import Outcome
 from rackwatch.policy import format_age
 from rackwatch.store import AgentState, AgentTrend, CheckRecord, CycleRecord, IncidentRecord
@@ -182,18 +182,6 @@ HEALTH_ORDER = (Health.HEALTHY, Health.UNHEALTHY, Health.EXCLUDED, Health.UNKNOW
 
 # MAAS status names saying that MAAS itself found the machine broken: Broken, and the states
 # MAAS's "failed" filter groups together.
-MAAS_TROUBLE = frozenset(
-    {
-        "Broken",
-        "Failed commissioning",
-        "Failed deployment",
-        "Failed testing",
-        "Failed disk erasing",
-        "Releasing failed",
-        "Failed to enter rescue mode",
-        "Failed to exit rescue mode",
-    }
-)
 
 # A latest pass this many times the median of the latest passes is flagged: a machine whose
 # provisioning slows down is degrading before it fails. Fewer passes make no median to trust.

@@ -642,6 +642,24 @@ class Store:
         )
         return _cycle(rows[0]) if rows else None
 
+    def previous_complete_cycle(self, cycle: CycleRecord) -> CycleRecord | None:
+        """The rack's last cycle before this one that listed the rack and ran to its end."""
+        rows = self._select(
+            "SELECT * FROM cycles WHERE rack = ? AND id < ? AND status IN ('ok', 'failures')"
+            " ORDER BY id DESC LIMIT 1",
+            (cycle.rack, cycle.id),
+        )
+        return _cycle(rows[0]) if rows else None
+
+    def inventory(self, cycle_id: int) -> dict[str, tuple[Outcome, str | None]]:
+        """Each agent's outcome in the cycle, with its machine's MAAS status then."""
+        rows = self._select(
+            "SELECT agent, outcome, maas_status FROM checks"
+            " WHERE cycle_id = ? AND outcome IS NOT NULL",
+            (cycle_id,),
+        )
+        return {row["agent"]: (Outcome(row["outcome"]), row["maas_status"]) for row in rows}
+
     def record_health(
         self,
         cycle: CycleRecord,

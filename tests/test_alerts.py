@@ -172,6 +172,11 @@ INCIDENT = (
             "rack incident over",
             "✅ rack incident over",
         ),
+        (
+            event("drift", "tor3-a-m03", "MAAS marks the machine Broken"),
+            "1 inventory problem",
+            "🟡 tor3-a-m03: MAAS marks the machine Broken",
+        ),
     ],
 )
 def test_each_event_kind_renders_as_a_summary_and_one_line(

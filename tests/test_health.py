@@ -12,6 +12,7 @@ from rackwatch.health import (
     Fact,
     Health,
     assess,
+    drift,
     incident_reason,
     is_alerting,
 )
@@ -137,3 +138,21 @@ def test_an_unreachable_rack_is_an_incident_on_the_second_cycle() -> None:
     second = incident_reason([], ratio=0.5, listing_error="503", previous_listing_error="503")
     assert first is None
     assert second is not None and "two cycles in a row" in second
+
+
+@pytest.mark.parametrize(
+    ("outcome", "maas_status", "said"),
+    [
+        (Oc.PASSED, "Deployed", None),
+        (Oc.PASSED, "Broken", "MAAS marks the machine Broken"),
+        (Oc.OFFLINE, "Failed deployment", "MAAS marks the machine Failed deployment"),
+        (Oc.NO_AGENT, "Ready", "a machine of the rack with no Testflinger agent"),
+        (Oc.STALE, None, "its agent went stale"),
+        (Oc.FAILED, "Deployed", None),
+    ],
+)
+def test_drift_names_what_is_wrong_around_a_machine(
+    outcome: Outcome, maas_status: str | None, said: str | None
+) -> None:
+    """Missing agents, stale agents and machines MAAS marks broken or failed are drift."""
+    assert drift(outcome, maas_status) == said

@@ -99,3 +99,17 @@ async def test_errors_and_skips_do_not_change_health(served: LabFactory) -> None
     assert states["r1-m2"] is Health.EXCLUDED
     assert "r1-m3" not in states  # busy: still unknown, never recorded
     assert alert_events(harness) == []
+
+
+async def test_drift_is_announced_when_it_appears_and_not_again(served: LabFactory) -> None:
+    """A machine without an agent is reported once; MAAS marking a machine Broken later, once."""
+    harness = await served([rack("r1", B.PASS, B.PASS, None)])
+    await harness.cycle()
+    await harness.cycle()
+    harness.lab.set_maas_status("r1-m1", "Broken")
+    await harness.cycle()
+    await harness.cycle()
+    assert alert_events(harness) == [[("drift", "r1-m3")], [("drift", "r1-m1")]]
+    with Store.open(harness.state_file) as store:
+        [_, broken] = store.pending_alerts()
+    assert broken.body["events"][0]["reason"] == "MAAS marks the machine Broken"
