@@ -1,9 +1,10 @@
 """The `rackwatch` command: parses arguments, builds the parts, prints, and maps errors to exit codes.
 
 This is the only module that prints. Exit codes follow sysexits where one fits:
-0 all good, 1 a check failed, 2 usage, 66 the state file cannot be read (EX_NOINPUT),
-69 a rack could not be checked (EX_UNAVAILABLE), 73 the state file cannot be created
-(EX_CANTCREAT), 78 bad configuration (EX_CONFIG), 130 interrupted.
+0 all good, 1 a check failed (for `status --unhealthy`: something needs a person), 2 usage,
+66 the state file cannot be read (EX_NOINPUT), 69 a rack could not be checked
+(EX_UNAVAILABLE), 73 the state file cannot be created (EX_CANTCREAT), 78 bad configuration
+(EX_CONFIG), 130 interrupted.
 """
 
 from __future__ import annotations
