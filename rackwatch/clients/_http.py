@@ -113,6 +113,12 @@ class Http:
         `headers` is called again for every attempt, so each attempt can be signed anew.
         """
         what = f"{self.service} {method} {URL(url).path}"
+        # Most requests succeed at once, and a retry context costs more than the request: the
+        # first attempt goes out bare, and its failure becomes the retry loop's first attempt.
+        try:
+            return await self._once(method, url, what, expect, params, json_body, headers)
+        except UpstreamUnavailable as exc:
+            failed: UpstreamUnavailable | None = exc
         retrying = stamina.retry_context(
             on=self._backoff,
             attempts=self._retry.attempts,
@@ -122,6 +128,9 @@ class Http:
         )
         async for attempt in retrying:
             with attempt:
+                if failed is not None:
+                    first, failed = failed, None
+                    raise first
                 return await self._once(method, url, what, expect, params, json_body, headers)
         raise AssertionError("unreachable: stamina raises once attempts run out")
 
