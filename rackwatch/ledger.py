@@ -15,6 +15,8 @@ from rackwatch import health
 from rackwatch.health import UNKNOWN, Health
 from rackwatch.store import CycleRecord, HealthChange, Store
 
+# Cycles that listed the rack and ran to their end.
+COMPLETE = ("ok", "failures")
 # How many of an agent's latest checks are read to judge its health.
 FACTS_READ = 20
 
@@ -39,7 +41,7 @@ def settle(
     """Record what the finished cycle means for the rack and its agents."""
     cycle = store.cycle(cycle_id)
     checks = store.checks_of_cycle(cycle_id)
-    previous = store.previous_cycle(cycle)
+    previous = store.last_cycle(cycle.rack, before=cycle)
     reason = health.incident_reason(
         [c.outcome for c in checks if c.outcome is not None],
         ratio=incident_ratio,
@@ -103,7 +105,7 @@ def settle(
 
 def _new_drift(store: Store, cycle: CycleRecord) -> list[dict[str, Any]]:
     """Drift that this cycle found and the rack's previous complete cycle did not."""
-    previous = store.previous_complete_cycle(cycle)
+    previous = store.last_cycle(cycle.rack, before=cycle, statuses=COMPLETE)
     before = store.inventory(previous.id) if previous is not None else {}
     events = []
     for agent, (outcome, maas_status) in sorted(store.inventory(cycle.id).items()):

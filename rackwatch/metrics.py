@@ -127,7 +127,7 @@ class StateCollector:
         )
         for rack in racks:
             incident.add_metric([rack], 0.0 if self._store.open_incident(rack) is None else 1.0)
-            cycle = self._store.last_finished_cycle(rack)
+            cycle = self._store.last_cycle(rack, statuses=("ok", "failures", "error"))
             if cycle is not None and cycle.finished_at is not None:
                 last_cycle.add_metric([rack], cycle.finished_at.timestamp())
                 elapsed = cycle.finished_at - cycle.started_at

@@ -418,11 +418,23 @@ class Store:
             raise StoreError(f"state file {self._path} has no cycle {cycle_id}")
         return _cycle(rows[0])
 
-    def last_cycle(self, rack: str) -> CycleRecord | None:
-        rows = self._select(
-            "SELECT * FROM cycles WHERE rack = ? ORDER BY started_at DESC, id DESC LIMIT 1",
-            (rack,),
-        )
+    def last_cycle(
+        self, rack: str, *, before: CycleRecord | None = None, statuses: Collection[str] = ()
+    ) -> CycleRecord | None:
+        """The rack's most recent cycle.
+
+        With `before`, only cycles older than that one; with `statuses`, only cycles that ended
+        with one of them ("ok", "failures", "error", "interrupted").
+        """
+        sql = "SELECT * FROM cycles WHERE rack = ?"
+        params: list[Any] = [rack]
+        if before is not None:
+            sql += " AND id < ?"
+            params.append(before.id)
+        if statuses:
+            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
+            params.extend(statuses)
+        rows = self._select(sql + " ORDER BY started_at DESC, id DESC LIMIT 1", params)
         return _cycle(rows[0]) if rows else None
 
     # checks
@@ -634,23 +646,6 @@ class Store:
         )
         return [_incident(row) for row in rows]
 
-    def previous_cycle(self, cycle: CycleRecord) -> CycleRecord | None:
-        """The rack's cycle before this one."""
-        rows = self._select(
-            "SELECT * FROM cycles WHERE rack = ? AND id < ? ORDER BY id DESC LIMIT 1",
-            (cycle.rack, cycle.id),
-        )
-        return _cycle(rows[0]) if rows else None
-
-    def previous_complete_cycle(self, cycle: CycleRecord) -> CycleRecord | None:
-        """The rack's last cycle before this one that listed the rack and ran to its end."""
-        rows = self._select(
-            "SELECT * FROM cycles WHERE rack = ? AND id < ? AND status IN ('ok', 'failures')"
-            " ORDER BY id DESC LIMIT 1",
-            (cycle.rack, cycle.id),
-        )
-        return _cycle(rows[0]) if rows else None
-
     def inventory(self, cycle_id: int) -> dict[str, tuple[Outcome, str | None]]:
         """Each agent's outcome in the cycle, with its machine's MAAS status then."""
         rows = self._select(
@@ -760,15 +755,6 @@ class Store:
         return {row["labels"]: row["value"] for row in rows}
 
     # metrics
-
-    def last_finished_cycle(self, rack: str) -> CycleRecord | None:
-        """The rack's latest cycle that ran to its end: not running, not cut short."""
-        rows = self._select(
-            "SELECT * FROM cycles WHERE rack = ? AND status IN ('ok', 'failures', 'error')"
-            " ORDER BY started_at DESC, id DESC LIMIT 1",
-            (rack,),
-        )
-        return _cycle(rows[0]) if rows else None
 
     def last_passes(self, agents: Sequence[str]) -> dict[str, CheckRecord]:
         """Each agent's latest passed check, for those of `agents` that ever passed."""
