@@ -23,11 +23,7 @@ from rackwatch.errors import UpstreamError
 from rackwatch.health import Health
 from rackwatch.simlab import Behaviour, Lab, SimMachine, SimRack
 from rackwatch.store import Store
-from tests.test_cli import rackwatch, write_config
-from tests.test_cycle import Harness, LabFactory, rack
-from tests.test_cycle import served as served  # the fixture
-from tests.test_daemon import Daemon, until
-from tests.test_daemon import daemon as daemon  # the fixture
+from tests.harness import Daemon, Harness, LabFactory, rack, rackwatch, until, write_config
 
 B = Behaviour
 TOKEN = "T0001/B0002/xoxb-a-long-webhook-token-0123456789"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +13,7 @@ import pytest
 
 from rackwatch.simlab import Behaviour, Fault, FaultKind, Lab, LabUrls, SimMachine, SimRack
 from rackwatch.store import Store
-
-
-@dataclass
-class Done:
-    code: int
-    out: str
-    err: str
+from tests.harness import rackwatch, start, until, write_config
 
 
 @dataclass
@@ -30,42 +22,6 @@ class Setup:
     urls: LabUrls
     config: Path
     state_file: Path
-
-
-def write_config(path: Path, lab: Lab, urls: LabUrls, state_file: Path, extra: str = "") -> Path:
-    path.write_text(f"""
-racks = {json.dumps(lab.rack_names)}
-state_file = "{state_file}"
-[maas]
-url = "{urls.maas}"
-api_key = "{lab.maas_api_key}"
-[testflinger]
-url = "{urls.testflinger}"
-[check]
-poll_interval = 0.1
-job_timeout = 3
-{extra}
-""")
-    return path
-
-
-async def start(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "rackwatch",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-
-
-async def rackwatch(*args: str, env: dict[str, str] | None = None) -> Done:
-    process = await start(*args, env=env)
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return Done(process.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture
@@ -208,7 +164,7 @@ async def test_ctrl_c_leaves_the_jobs_for_the_next_run(setup: Setup) -> None:
     """SIGINT stops waiting, says the jobs stay recorded, and the next run finishes them."""
     setup.lab.set_behaviour("r1-m1", Behaviour.SLOW)
     process = await start("run-once", "--config", str(setup.config))
-    await _until(lambda: len(setup.lab.submissions) == 1)
+    await until(lambda: len(setup.lab.submissions) == 1)
     process.send_signal(signal.SIGINT)
     _, err = await asyncio.wait_for(process.communicate(), timeout=10)
     assert process.returncode == 130
@@ -241,7 +197,7 @@ async def test_sigkill_mid_submission_loses_nothing_and_submits_nothing_twice(
             )
         )
         process = await start("run-once", "--config", str(config))
-        await _until(lambda: len(lab.submissions) >= 20)
+        await until(lambda: len(lab.submissions) >= 20)
         process.kill()
         await process.wait()
         killed_at = len(lab.submissions)
@@ -270,12 +226,6 @@ async def test_demo_runs_a_whole_cycle() -> None:
         assert f"  {outcome} " in done.out or f" {outcome}  " in done.out, outcome
     assert "no_queue" in done.out and "no_agent" in done.out
     assert "What the outcomes mean" in done.out
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(20):
-        while not condition():  # noqa: ASYNC110 - the lab changes state in its own handlers
-            await asyncio.sleep(0.01)
 
 
 async def test_the_log_of_a_whole_cycle_holds_no_secret(tmp_path: Path) -> None:

@@ -2,86 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-import pytest
-
-from rackwatch.check import Checker, CheckPlan, RackReport
-from rackwatch.clients import RetryPolicy, connect
-from rackwatch.config import Settings
+from rackwatch.check import RackReport
 from rackwatch.model import Outcome
-from rackwatch.simlab import Behaviour, Fault, FaultKind, Lab, LabUrls, SimMachine, SimRack
+from rackwatch.simlab import Behaviour, Fault, FaultKind, SimMachine, SimRack
 from rackwatch.store import Store
+from tests.harness import LabFactory, rack
 
-FAST_RETRY = RetryPolicy(attempts=3, timeout_s=5.0, wait_initial_s=0.01, wait_max_s=0.05)
 LOGIN = ("rackwatch-ci", "a-long-client-secret-0001")
-
-
-@dataclass
-class Harness:
-    """A served lab, and a way to run rackwatch cycles against it."""
-
-    lab: Lab
-    urls: LabUrls
-    state_file: Path
-
-    def settings(self, **overrides: Any) -> Settings:
-        data: dict[str, Any] = {
-            "racks": self.lab.rack_names,
-            "state_file": str(self.state_file),
-            "maas": {"url": self.urls.maas, "api_key": self.lab.maas_api_key},
-            "testflinger": {"url": self.urls.testflinger},
-            "check": {"poll_interval": 0.1, "job_timeout": 1.5},
-        }
-        for section, values in overrides.items():
-            if isinstance(values, dict):
-                data.setdefault(section, {}).update(values)
-            else:
-                data[section] = values
-        return Settings.from_mapping(data)
-
-    async def cycle(
-        self, racks: list[str] | None = None, *, dry_run: bool = False, **overrides: Any
-    ) -> list[RackReport]:
-        settings = self.settings(**overrides)
-        with Store.open(self.state_file) as store:
-            async with connect(settings, FAST_RETRY) as clients:
-                checker = Checker(
-                    maas=clients.maas,
-                    testflinger=clients.testflinger,
-                    store=store,
-                    plan=CheckPlan.from_settings(settings, dry_run=dry_run),
-                )
-                return await checker.run(racks or settings.racks)
-
-
-LabFactory = Callable[..., Coroutine[Any, Any, Harness]]
-
-
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[LabFactory]:
-    """Serve a lab of the test's own; every lab is stopped when the test ends."""
-    contexts: list[Any] = []
-
-    async def serve(racks: list[SimRack], **lab_options: Any) -> Harness:
-        options = {"provision_seconds": 0.3, "pickup_seconds": 0.05, "slow_factor": 50.0}
-        lab = Lab(racks, **{**options, **lab_options})
-        context = lab.serve()
-        urls = await context.__aenter__()
-        contexts.append(context)
-        return Harness(lab, urls, tmp_path / "state" / "rackwatch.db")
-
-    yield serve
-    for context in reversed(contexts):
-        await context.__aexit__(None, None, None)
-
-
-def rack(name: str, *behaviours: Behaviour | None) -> SimRack:
-    return SimRack(name, [SimMachine(f"{name}-m{i}", b) for i, b in enumerate(behaviours, 1)])
 
 
 def outcomes(report: RackReport) -> dict[str, Outcome | None]:

@@ -7,8 +7,7 @@ from typing import Any
 from rackwatch.health import Health
 from rackwatch.simlab import Behaviour
 from rackwatch.store import Store
-from tests.test_cycle import Harness, LabFactory, rack
-from tests.test_cycle import served as served  # the fixture
+from tests.harness import Harness, LabFactory, rack
 
 B = Behaviour
 

@@ -21,10 +21,7 @@ from rackwatch.metrics import MetricsEndpoint, start_metrics
 from rackwatch.model import Outcome
 from rackwatch.simlab import Behaviour
 from rackwatch.store import Store
-from tests.test_cycle import LabFactory, rack
-from tests.test_cycle import served as served  # the fixture
-from tests.test_daemon import Daemon, until
-from tests.test_daemon import daemon as daemon  # the fixture
+from tests.harness import Daemon, LabFactory, rack, until
 
 B = Behaviour
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
