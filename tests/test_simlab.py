@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import itertools
 import json
+import random
 import re
 import signal
 import subprocess
@@ -34,7 +36,12 @@ from rackwatch.simlab import (
 
 SECRET = DEFAULT_MAAS_API_KEY.split(":")[2]
 ISO = "%Y-%m-%dT%H:%M:%SZ"
-CREDENTIALS = {"Authorization": aiohttp.encode_basic_auth("rackwatch", "s3cret-client-key")}
+LOGIN = ("rackwatch", "s3cret-client-key")
+CREDENTIALS = {"Authorization": aiohttp.encode_basic_auth(*LOGIN)}
+STATE_CHOICES = (
+    "Must be one of: setup, provision, firmware_update, test, allocate, allocated, reserve, "
+    "cleanup, cancelled, completed, active."
+)
 
 
 def lab_of(*behaviours: Behaviour | None, **options: Any) -> Lab:
@@ -101,6 +108,11 @@ async def result_when(
 async def agent_record(session: aiohttp.ClientSession, urls: LabUrls, name: str) -> Any:
     async with session.get(f"{urls.testflinger}v1/agents/data/{name}") as response:
         return await response.json()
+
+
+async def search(session: aiohttp.ClientSession, urls: LabUrls, query: str) -> tuple[int, Any]:
+    async with session.get(f"{urls.testflinger}v1/job/search?{query}") as response:
+        return response.status, await response.json()
 
 
 async def cancel(
@@ -450,6 +462,128 @@ async def test_result_of_an_unknown_job_is_204_and_of_a_non_uuid_400() -> None:
             assert response.status == 400
 
 
+# -- Testflinger: job search and job definitions -----------------------------------------------
+
+
+async def test_job_search_filters_by_tags_and_states_like_the_real_server() -> None:
+    """Tags match any (or all), "active" keeps unended jobs, and a shared id is listed twice."""
+    lab = lab_of(Behaviour.PASS, Behaviour.NEVER_PICKS_UP, Behaviour.SLOW, slow_factor=200.0)
+    async with running(lab) as (urls, session):
+        done = await submit(session, urls, "m0", tags=["rw", "rack-a"])
+        await result_when(session, urls, done, "complete")
+        waiting = await submit(session, urls, "m1", tags=["rw"])
+        provisioning = await submit(session, urls, "m2", tags=["rw", "rack-a"])
+        await result_when(session, urls, provisioning, "provision")
+        cancelled = await submit(session, urls, "m1", tags=["rw"])
+        assert await cancel(session, urls, cancelled) == (200, "OK")
+        other = await submit(session, urls, "m1", tags=["other"])
+        untagged = await submit(session, urls, "m1")
+        assert await submit(session, urls, "m1", tags=["rw"], job_id=waiting) == waiting
+
+        answers = {
+            query: await search(session, urls, query)
+            for query in (
+                "tags=rw&state=active",
+                "tags=rw&tags=rack-a&match=all",
+                "tags=rack-a&tags=other",
+                "state=provision&state=cancelled",
+                "state=completed",
+                "tags=nobody",
+                "",
+            )
+        }
+        async with session.get(f"{urls.testflinger}v1/job/search/?tags=rw&state=active") as r:
+            status, slashed = r.status, await r.json()
+
+    def ids(query: str) -> list[str]:
+        code, jobs = answers[query]
+        assert code == 200
+        return [job["job_id"] for job in jobs]
+
+    assert ids("tags=rw&state=active") == [waiting, provisioning, waiting]
+    assert [job["job_state"] for job in answers["tags=rw&state=active"][1]] == [
+        "waiting",
+        "provision",
+        "waiting",
+    ]
+    assert ids("tags=rw&tags=rack-a&match=all") == [done, provisioning]
+    assert ids("tags=rack-a&tags=other") == [done, provisioning, other]
+    assert ids("state=provision&state=cancelled") == [provisioning, cancelled]
+    assert ids("state=completed") == []  # finished jobs are "complete"
+    assert ids("tags=nobody") == []
+    assert ids("") == [done, waiting, provisioning, cancelled, other, untagged, waiting]
+    assert (status, slashed) == answers["tags=rw&state=active"]
+    first = answers["tags=rw&state=active"][1][0]
+    assert set(first) == {"job_id", "created_at", "job_state"}
+    created = calendar.timegm(time.strptime(first["created_at"], ISO))
+    assert abs(created - time.time()) < 60
+    assert lab.requests["GET /v1/job/search"] == 8
+
+
+@pytest.mark.parametrize(
+    ("query", "errors"),
+    [
+        *(
+            (f"state={state}", {"state": [STATE_CHOICES]})
+            for state in ("waiting", "running", "complete", "bogus")
+        ),
+        ("state=active&state=waiting", {"state": [STATE_CHOICES]}),
+        ("tags=rw&match=some", {"match": ["Must be one of: any, all."]}),
+    ],
+)
+async def test_job_search_refuses_states_and_match_modes_it_does_not_know(
+    query: str, errors: dict[str, list[str]]
+) -> None:
+    """Waiting, running and complete are not searchable states: 422 in the query validation shape."""
+    async with running(lab_of(Behaviour.PASS)) as (urls, session):
+        assert await search(session, urls, query) == (
+            422,
+            {"message": "Validation error", "detail": {"query": errors}},
+        )
+
+
+async def test_a_job_definition_is_the_submitted_body_with_its_id() -> None:
+    """GET /v1/job/<id> gives the body back with job_id and exclude_agents; 204 and 400 otherwise."""
+    lab = lab_of(Behaviour.NEVER_PICKS_UP)
+    chosen = str(uuid.uuid4())
+    async with running(lab) as (urls, session):
+        await submit(session, urls, "m0", job_id=chosen, tags=["rw"])
+        async with session.get(f"{urls.testflinger}v1/job/{chosen}") as response:
+            assert response.status == 200
+            definition = await response.json()
+        async with session.get(f"{urls.testflinger}v1/job/{uuid.uuid4()}/") as response:
+            unknown = (response.status, await response.read())
+        async with session.get(f"{urls.testflinger}v1/job/not-a-uuid") as response:
+            malformed = (response.status, await response.json())
+    assert definition == {
+        "job_queue": "m0",
+        "provision_data": {"distro": "noble"},
+        "tags": ["rw"],
+        "job_id": chosen,
+        "exclude_agents": [],
+    }
+    assert unknown == (204, b"")
+    assert malformed == (400, {"message": "Invalid job_id specified", "detail": {}})
+    assert lab.requests["GET /v1/job/{job_id}"] == 3
+
+
+async def test_job_search_and_definitions_are_refused_to_an_agent_token() -> None:
+    """Both are open to admin, manager and contributor only, unlike results."""
+    lab = lab_of(Behaviour.PASS, testflinger_role="agent", testflinger_login=LOGIN)
+    async with running(lab) as (urls, session):
+        async with session.post(f"{urls.testflinger}v1/oauth2/token", headers=CREDENTIALS) as r:
+            bearer = {"Authorization": f"Bearer {(await r.json())['access_token']}"}
+        statuses = []
+        for path in (
+            "v1/job/search?tags=rw",
+            f"v1/job/{uuid.uuid4()}",
+            f"v1/result/{uuid.uuid4()}",
+        ):
+            async with session.get(f"{urls.testflinger}{path}", headers=bearer) as response:
+                statuses.append(response.status)
+    assert statuses == [403, 403, 204]
+
+
 # -- Testflinger: cancelling -------------------------------------------------------------------
 
 
@@ -480,13 +614,26 @@ async def test_cancelling_during_setup_skips_provisioning() -> None:
 
 
 async def test_cancelling_during_provision_lets_provision_finish() -> None:
-    """Provisioning always runs to its end; the job then ends "complete" with its status."""
-    async with running(lab_of(Behaviour.FAIL)) as (urls, session):
+    """The job reads cancelled while the agent provisions on, then "complete" with its status."""
+    async with running(lab_of(Behaviour.FAIL, provision_seconds=0.5)) as (urls, session):
         job_id = await submit(session, urls, "m0")
         await result_when(session, urls, job_id, "provision")
         assert await cancel(session, urls, job_id) == (200, "OK")
+        seen = []
+        for _ in range(3):
+            job = await result(session, urls, job_id)
+            agent = await agent_record(session, urls, "m0")
+            seen.append(
+                (job["job_state"], "provision_status" in job, agent["state"], agent["job_id"])
+            )
+            await asyncio.sleep(0.05)
         done = await result_when(session, urls, job_id, "complete")
+        after = await agent_record(session, urls, "m0")
+    assert seen == [("cancelled", False, "provision", job_id)] * 3
     assert done["provision_status"] == 1
+    assert done["cleanup_status"] == 0
+    assert (after["state"], after["job_id"]) == ("waiting", "")
+    assert after["provision_streak_type"] == "fail"
 
 
 @pytest.mark.parametrize(
@@ -639,6 +786,143 @@ async def test_a_fault_hits_only_its_service_path_and_method() -> None:
                 assert r.status == 503
     assert lab.submissions == []
     assert lab.requests["POST /v1/job"] == 3
+
+
+@pytest.mark.parametrize(("kind", "stored"), [(FaultKind.SLOW, False), (FaultKind.LATE, True)])
+async def test_only_a_late_fault_carries_out_a_request_whose_client_gave_up(
+    kind: FaultKind, stored: bool
+) -> None:
+    """A client that times out cancels a SLOW request, but a LATE one is stored all the same."""
+    lab = lab_of(Behaviour.NEVER_PICKS_UP)
+    lab.inject(Fault(kind, "testflinger", path="/v1/job", method="POST", delay=0.3))
+    chosen = str(uuid.uuid4())
+    async with running(lab) as (urls, session):
+        body = {"job_queue": "m0", "job_id": chosen}
+        impatient = aiohttp.ClientTimeout(total=0.1)
+        with pytest.raises(TimeoutError):
+            await session.post(f"{urls.testflinger}v1/job", json=body, timeout=impatient)
+        assert lab.jobs(chosen) == []
+        await asyncio.sleep(0.5)
+        assert len(lab.jobs(chosen)) == (1 if stored else 0)
+    assert lab.requests["POST /v1/job"] == 1
+
+
+async def test_a_late_fault_answers_a_client_that_waits() -> None:
+    """A LATE request whose client stays is answered normally once its delay has passed."""
+    lab = lab_of(Behaviour.NEVER_PICKS_UP)
+    lab.inject(Fault(FaultKind.LATE, "testflinger", path="/v1/job", method="POST", delay=0.2))
+    async with running(lab) as (urls, session):
+        started = time.monotonic()
+        job_id = await submit(session, urls, "m0")
+        waited = time.monotonic() - started
+    assert waited >= 0.2
+    assert [job.job_id for job in lab.jobs(job_id)] == [job_id]
+
+
+@pytest.mark.parametrize("serial", [True, False])
+async def test_serial_late_posts_are_stored_one_after_the_other(serial: bool) -> None:
+    """With serial, each POST waits for the one before it, then its own delay; else they overlap."""
+    lab = lab_of(Behaviour.NEVER_PICKS_UP)
+    lab.inject(
+        Fault(
+            FaultKind.LATE,
+            "testflinger",
+            path="/v1/job",
+            method="POST",
+            times=None,
+            delay=0.2,
+            serial=serial,
+        )
+    )
+    chosen = [str(uuid.uuid4()) for _ in range(3)]
+    impatient = aiohttp.ClientTimeout(total=0.05)
+
+    async def post(job_id: str) -> None:
+        body = {"job_queue": "m0", "job_id": job_id}
+        with pytest.raises(TimeoutError):
+            await session.post(f"{urls.testflinger}v1/job", json=body, timeout=impatient)
+
+    async with running(lab) as (urls, session):
+        await asyncio.gather(*(post(job_id) for job_id in chosen))
+        async with asyncio.timeout(5):
+            while len(lab.submissions) < 3:  # noqa: ASYNC110 - polling the lab's own state
+                await asyncio.sleep(0.02)
+    stored = sorted(lab.jobs(job_id)[0].created_at for job_id in chosen)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stored)]
+    if serial:
+        assert min(gaps) >= 0.19
+    else:
+        assert max(gaps) < 0.15
+
+
+async def test_a_lab_stops_at_once_with_a_late_request_still_pending() -> None:
+    """Leaving serve() cancels a LATE request nobody waits for, so it is never carried out."""
+    lab = lab_of(Behaviour.NEVER_PICKS_UP)
+    lab.inject(Fault(FaultKind.LATE, "testflinger", path="/v1/job", method="POST", delay=30.0))
+    async with running(lab) as (urls, session):
+        with pytest.raises(TimeoutError):
+            await session.post(
+                f"{urls.testflinger}v1/job",
+                json={"job_queue": "m0"},
+                timeout=aiohttp.ClientTimeout(total=0.1),
+            )
+        started = time.monotonic()
+    assert time.monotonic() - started < 2.0
+    assert lab.submissions == []
+
+
+async def statuses_under(fault: Fault, count: int) -> tuple[list[int], Lab]:
+    """The statuses of `count` agent listings, one after the other, with `fault` injected."""
+    lab = lab_of(Behaviour.PASS)
+    lab.inject(fault)
+    statuses = []
+    async with running(lab) as (urls, session):
+        for _ in range(count):
+            async with session.get(f"{urls.testflinger}v1/agents/data") as response:
+                statuses.append(response.status)
+    return statuses, lab
+
+
+async def test_a_fault_with_a_ratio_hits_a_repeatable_fraction_of_requests() -> None:
+    """ratio=0.5 hits the requests a Random(seed) picks: the same ones in every run."""
+
+    def fault(seed: int) -> Fault:
+        return Fault(FaultKind.SERVER_ERROR, "testflinger", times=None, ratio=0.5, seed=seed)
+
+    first, _ = await statuses_under(fault(7), 20)
+    again, _ = await statuses_under(fault(7), 20)
+    other, _ = await statuses_under(fault(8), 20)
+    draws = random.Random(7)  # noqa: S311 - the fault's own draws, replayed
+    assert first == [500 if draws.random() < 0.5 else 200 for _ in range(20)]
+    assert again == first
+    assert other != first
+    assert 5 <= first.count(500) <= 15
+
+
+async def test_only_hits_count_against_a_faults_times() -> None:
+    """A fault of ratio 0.5 and times=3 answers exactly three 500s, then goes away."""
+    fault = Fault(FaultKind.SERVER_ERROR, "testflinger", times=3, ratio=0.5)
+    statuses, lab = await statuses_under(fault, 20)
+    assert statuses.count(500) == 3
+    assert statuses[-5:] == [200] * 5
+    assert lab.faults == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ratio": 0.0},
+        {"ratio": -0.5},
+        {"ratio": 1.5},
+        {"kind": FaultKind.UNAVAILABLE, "serial": True},
+    ],
+)
+def test_a_fault_refuses_a_bad_ratio_and_serial_on_a_kind_that_does_not_delay(
+    options: dict[str, Any],
+) -> None:
+    """A ratio must be in (0, 1]; only SLOW and LATE faults, which delay, can be serial."""
+    with pytest.raises(ValueError, match=r"^(ratio|only SLOW)"):
+        Fault(**{"kind": FaultKind.SLOW, "service": "testflinger", **options})
 
 
 # -- building labs and serving them -------------------------------------------------------------

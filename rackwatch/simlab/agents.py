@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -62,6 +62,11 @@ class SimJob:
     device_info: dict[str, str] = field(default_factory=dict)
     provision_output: str | None = None
     agent: SimAgent | None = None  # the agent running it
+    created_at: float = field(default_factory=time.time)  # Unix time of submission
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.body.get("tags") or ())
 
     def result(self) -> dict[str, Any]:
         """The body of GET /v1/result/<job_id>: only what is known so far."""
@@ -235,6 +240,31 @@ class AgentFleet:
         job = self.job(job_id)
         return job.state if job else None
 
+    def search_jobs(
+        self, tags: Sequence[str] = (), *, every_tag: bool = False, states: Collection[str] = ()
+    ) -> list[SimJob]:
+        """The jobs GET /v1/job/search finds, oldest first, each of a shared id included.
+
+        With `tags`, a job must carry one of them (all of them with `every_tag`); a job without
+        tags never matches. With `states`, its job_state must be one of them, where "active"
+        stands for every state but cancelled, complete and completed.
+        """
+        found = []
+        for jobs in self._jobs.values():
+            for job in jobs:
+                if tags:
+                    carried = set(job.tags)
+                    present = [tag in carried for tag in tags]
+                    if not (all(present) if every_tag else any(present)):
+                        continue
+                if "active" in states:
+                    if job.state in FINAL_JOB_STATES:
+                        continue
+                elif states and job.state not in states:
+                    continue
+                found.append(job)
+        return sorted(found, key=lambda job: job.created_at)
+
     def agents_serving(self, queue: str) -> list[SimAgent]:
         return list(self._queue_agents.get(queue, ()))
 
@@ -293,10 +323,11 @@ class AgentFleet:
         """Put an agent without a job of ours in the state its behaviour calls for."""
         if agent.behaviour is Behaviour.BUSY:
             if agent.foreign_job is None:
+                queue = agent.queues[0] if agent.queues else agent.name
                 agent.foreign_job = SimJob(
                     job_id=str(uuid.uuid4()),
-                    queue=agent.queues[0] if agent.queues else agent.name,
-                    body={},
+                    queue=queue,
+                    body={"job_queue": queue},
                     seq=-1,
                     state="test",
                     statuses={"setup": 0, "provision": 0},

@@ -1,16 +1,20 @@
 """Faults the simulated lab can inject, and the middleware that counts requests and applies them.
 
-A fault replaces the normal answer to matching requests (SLOW delays it instead) for a given number
-of requests. The answers imitate what sits in front of the real services: a 503 with Retry-After, a
-framework's HTML error page, a body cut off mid-way.
+A fault replaces the normal answer to matching requests (SLOW and LATE delay it instead) for a given
+number of requests, or for a seeded random fraction of them. The answers imitate what sits in front
+of the real services: a 503 with Retry-After, a framework's HTML error page, a body cut off mid-way.
+LATE imitates a server that carries a request out after the client has given up on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -21,7 +25,8 @@ SERVICES = ("maas", "testflinger")
 class FaultKind(StrEnum):
     UNAVAILABLE = "unavailable"  # 503 with Retry-After
     SERVER_ERROR = "server_error"  # 500 with the framework's HTML page
-    SLOW = "slow"  # the normal answer, after `delay` seconds
+    SLOW = "slow"  # the normal answer, after `delay` seconds; nothing is done if the client leaves
+    LATE = "late"  # carried out after `delay` seconds even if the client has left, then answered
     MALFORMED = "malformed"  # 200 application/json whose body is not JSON
     CONFLICT = "conflict"  # 409 with Retry-After (MAAS's database serialisation conflict)
 
@@ -32,6 +37,10 @@ class Fault:
 
     `path` is a substring of the request path ("" matches all); `method` None matches every
     method; `times` None hits every matching request for as long as the fault is installed.
+    `ratio` is the fraction of matching requests the fault hits, drawn from a `random.Random(seed)`
+    of its own so that a run repeats; only hits count against `times`. With `serial`, a SLOW or
+    LATE fault carries matching requests out one at a time: each waits for the one before it to
+    finish, then for its own `delay`.
     """
 
     kind: FaultKind
@@ -41,12 +50,23 @@ class Fault:
     times: int | None = 1
     retry_after: float | None = 1.0
     delay: float = 0.0
+    serial: bool = False
+    ratio: float = 1.0
+    seed: int = 0
+    _draws: random.Random = field(init=False, repr=False, compare=False)
+    _turns: asyncio.Lock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.service not in SERVICES:
             raise ValueError(f"service must be one of {SERVICES}, not {self.service!r}")
         if self.times is not None and self.times < 1:
             raise ValueError("times must be at least 1, or None for every request")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"ratio must be above 0 and at most 1, not {self.ratio!r}")
+        if self.serial and self.kind not in (FaultKind.SLOW, FaultKind.LATE):
+            raise ValueError("only SLOW and LATE faults can be serial")
+        self._draws = random.Random(self.seed)  # noqa: S311 - a repeatable simulation, no secret
+        self._turns = asyncio.Lock()
 
     def matches(self, service: str, method: str, path: str) -> bool:
         return (
@@ -54,6 +74,14 @@ class Fault:
             and self.path in path
             and (self.method is None or self.method.upper() == method)
         )
+
+    def hits(self) -> bool:
+        """Whether the fault hits a matching request: always, or with probability `ratio`."""
+        return self.ratio >= 1.0 or self._draws.random() < self.ratio
+
+    def turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """What a delayed request holds while it is carried out: the fault's lock when serial."""
+        return self._turns if self.serial else contextlib.nullcontext()
 
 
 def service_of(path: str) -> str | None:
@@ -93,7 +121,7 @@ _TRUNCATED = {
 
 
 def fault_response(fault: Fault) -> web.Response | None:
-    """The answer a fault gives instead of the normal one; None when it only delays (SLOW)."""
+    """The answer a fault gives instead of the normal one; None when it only delays (SLOW, LATE)."""
     headers = {}
     if fault.retry_after is not None:
         headers["Retry-After"] = f"{fault.retry_after:g}"
@@ -113,19 +141,38 @@ def fault_response(fault: Fault) -> web.Response | None:
             return web.Response(status=500, text=page, content_type="text/html")
         case FaultKind.MALFORMED:
             return web.Response(text=_TRUNCATED[fault.service], content_type="application/json")
-        case FaultKind.SLOW:
+        case FaultKind.SLOW | FaultKind.LATE:
             return None
 
 
-def lab_middleware(requests: Counter[str], faults: list[Fault]) -> Middleware:
-    """A middleware that counts every request in `requests` and applies the first matching fault."""
+async def _delayed(fault: Fault, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async with fault.turn():
+        await asyncio.sleep(fault.delay)
+        return await handler(request)
+
+
+def lab_middleware(
+    requests: Counter[str],
+    faults: list[Fault],
+    background: set[asyncio.Task[web.StreamResponse]],
+) -> Middleware:
+    """A middleware that counts every request in `requests` and applies the first fault to hit it.
+
+    The lab's server cancels a handler whose client disconnects, so a LATE request is carried out
+    in a task of its own, kept in `background` until it ends; the lab cancels what is left there
+    when it stops.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         requests[route_key(request)] += 1
         service = service_of(request.path)
         fault = next(
-            (f for f in faults if service and f.matches(service, request.method, request.path)),
+            (
+                f
+                for f in faults
+                if service and f.matches(service, request.method, request.path) and f.hits()
+            ),
             None,
         )
         if fault is None:
@@ -137,7 +184,13 @@ def lab_middleware(requests: Counter[str], faults: list[Fault]) -> Middleware:
         response = fault_response(fault)
         if response is not None:
             return response
-        await asyncio.sleep(fault.delay)
-        return await handler(request)
+        if fault.kind is not FaultKind.LATE:
+            return await _delayed(fault, request, handler)
+        # Read the body now: once the client has gone, the request can no longer read it.
+        await request.read()
+        task = asyncio.create_task(_delayed(fault, request, handler))
+        background.add(task)
+        task.add_done_callback(background.discard)
+        return await asyncio.shield(task)
 
     return middleware

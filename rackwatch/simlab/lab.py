@@ -8,6 +8,7 @@ submitted jobs, and mutators that change the lab between cycles.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections import Counter
@@ -92,9 +93,10 @@ class Lab(AgentFleet):
 
     Inspection for tests: `requests` counts requests by method and route template, faulted ones
     included (e.g. "GET /v1/agents/data", "GET /v1/agents/data/{agent_name}", "POST /v1/job",
-    "GET /v1/result/{job_id}", "POST /v1/job/{job_id}/action", "POST /v1/oauth2/token",
-    "GET /MAAS/api/2.0/machines/"); `submissions`, `cancelled`, `job_state()` and `agent()` come
-    from `AgentFleet`; `logins` counts successful Testflinger logins.
+    "GET /v1/job/search", "GET /v1/job/{job_id}", "GET /v1/result/{job_id}",
+    "POST /v1/job/{job_id}/action", "POST /v1/oauth2/token", "GET /MAAS/api/2.0/machines/");
+    `submissions`, `cancelled`, `job_state()` and `agent()` come from `AgentFleet`; `logins`
+    counts successful Testflinger logins.
     """
 
     def __init__(
@@ -128,6 +130,8 @@ class Lab(AgentFleet):
 
         self.requests: Counter[str] = Counter()
         self.faults: list[Fault] = []
+        # LATE requests being carried out, whether or not their client still waits.
+        self._background: set[asyncio.Task[web.StreamResponse]] = set()
         self.logins = 0
         # Testflinger access tokens (token -> time.monotonic() at issue) and refresh tokens.
         self.tokens: dict[str, float] = {}
@@ -191,7 +195,7 @@ class Lab(AgentFleet):
     def app(self) -> web.Application:
         """The aiohttp application serving /MAAS/api/2.0/... and /v1/... ."""
         app = web.Application(
-            middlewares=[lab_middleware(self.requests, self.faults), flask_errors]
+            middlewares=[lab_middleware(self.requests, self.faults, self._background), flask_errors]
         )
         MaasApi(self).register(app.router)
         TestflingerApi(self).register(app.router)
@@ -215,6 +219,11 @@ class Lab(AgentFleet):
 
     async def _on_cleanup(self, _app: web.Application) -> None:
         self.stop()
+        # LATE requests still waiting out their delay are dropped with the lab, never carried out.
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- test controls --------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
-"""The simulated lab's Testflinger server: /v1 agents, jobs, results, cancel and login.
+"""The simulated lab's Testflinger server: /v1 agents, jobs, job search, results, cancel and login.
 
 Errors come in the real server's three shapes: schema validation (422, {"message": "Validation
-error", "detail": {"json": {field: [messages]}}}), explicit aborts ({"message": ..., "detail": {}})
-and plain text served as text/html. With `Lab.testflinger_login` set the server is "locked down":
-every endpoint but GET /v1/ and the oauth2 ones wants `Authorization: Bearer <token>`.
+error", "detail": {"json": {field: [messages]}}}, or "query" for a query string), explicit aborts
+({"message": ..., "detail": {}}) and plain text served as text/html. With `Lab.testflinger_login`
+set the server is "locked down": every endpoint but GET /v1/ and the oauth2 ones wants
+`Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from rackwatch.simlab.agents import iso_time
+
 if TYPE_CHECKING:
     from rackwatch.simlab.lab import Lab
 
@@ -32,6 +35,20 @@ AGENT_WRITERS = ("admin", "manager", "agent")
 _QUEUE_AGENT_FIELDS = frozenset(
     {"name", "state", "queues", "location", "provision_type", "job_id", "comment", "restricted_to"}
 )
+# The states GET /v1/job/search accepts: not "waiting", "running" nor "complete", which jobs have.
+_SEARCH_STATES = (
+    "setup",
+    "provision",
+    "firmware_update",
+    "test",
+    "allocate",
+    "allocated",
+    "reserve",
+    "cleanup",
+    "cancelled",
+    "completed",
+    "active",
+)
 
 Check = Callable[[Any], list[str] | dict[str, Any] | None]
 
@@ -40,9 +57,9 @@ def _abort(status: int, message: str) -> web.Response:
     return web.json_response({"message": message, "detail": {}}, status=status)
 
 
-def _invalid(errors: dict[str, Any]) -> web.Response:
+def _invalid(errors: dict[str, Any], location: str = "json") -> web.Response:
     return web.json_response(
-        {"message": "Validation error", "detail": {"json": errors}}, status=422
+        {"message": "Validation error", "detail": {location: errors}}, status=422
     )
 
 
@@ -102,6 +119,9 @@ class TestflingerApi:
             ("POST", "/v1/agents/data/{agent_name}", self.update_agent),
             ("GET", "/v1/queues/{queue}/agents", self.queue_agents),
             ("POST", "/v1/job", self.submit),
+            # Before /v1/job/{job_id}, which would otherwise take "search" for a job id.
+            ("GET", "/v1/job/search", self.search),
+            ("GET", "/v1/job/{job_id}", self.job),
             ("GET", "/v1/result/{job_id}", self.result),
             ("POST", "/v1/job/{job_id}/action", self.action),
         ]
@@ -278,6 +298,44 @@ class TestflingerApi:
                 422, "There are no agents on the specified queue that are allowed to run this job"
             )
         return web.json_response({"job_id": self._lab.submit_job(body, job_id)})
+
+    async def search(self, request: web.Request) -> web.Response:
+        """Jobs by tags (`match` any or all) and states, as {job_id, created_at, job_state}."""
+        if (denied := self._authorise(request, READERS)) is not None:
+            return denied
+        tags, states = request.query.getall("tags", []), request.query.getall("state", [])
+        match = request.query.get("match", "any")
+        errors: dict[str, Any] = {}
+        if (problem := _one_of("any", "all")(match)) is not None:
+            errors["match"] = problem
+        for state in states:
+            if (problem := _one_of(*_SEARCH_STATES)(state)) is not None:
+                errors["state"] = problem
+        if errors:
+            return _invalid(errors, "query")
+        jobs = self._lab.search_jobs(tags, every_tag=match == "all", states=states)
+        return web.json_response(
+            [
+                {
+                    "job_id": job.job_id,
+                    "created_at": iso_time(job.created_at),
+                    "job_state": job.state,
+                }
+                for job in jobs
+            ]
+        )
+
+    async def job(self, request: web.Request) -> web.Response:
+        """The job as it was submitted, with its job_id; no state."""
+        if (denied := self._authorise(request, READERS)) is not None:
+            return denied
+        job_id = request.match_info["job_id"]
+        if not _is_uuid(job_id):
+            return _abort(400, "Invalid job_id specified")
+        job = self._lab.job(job_id)
+        if job is None:
+            return web.Response(status=204, content_type="application/json")
+        return web.json_response({"exclude_agents": [], **job.body, "job_id": job.job_id})
 
     async def result(self, request: web.Request) -> web.Response:
         if (denied := self._authorise(request, EVERYONE)) is not None:
