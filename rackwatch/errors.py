@@ -5,10 +5,12 @@
     ├── UsageError              the command line asks for something bad   → exit 2
     ├── UpstreamError           a MAAS or Testflinger call failed         → exit 69 when a rack is lost
     │   ├── UpstreamUnavailable   no answer, a timeout, 409, 429 or 5xx: retried
+    │   │   └── UpstreamOutcomeUnknown  a request that must not be repeated may have been carried out
     │   ├── UpstreamAuthError     401/403: the credentials need fixing, never retried
     │   ├── UpstreamResponseError another 4xx or an answer we cannot read: a bug or API drift
     │   └── UnknownRackError      MAAS has no tag of that name
-    └── StoreError              the state file cannot be opened or written
+    ├── StoreError              the state file cannot be opened or written
+    └── RackHeldError           another rackwatch process is checking the rack → exit 75
 
 Messages never carry a secret: upstream bodies are quoted only after `redact`, and the bodies
 of MAAS 401 answers (which echo the token secret) are never quoted at all.
@@ -60,6 +62,14 @@ class UpstreamUnavailable(UpstreamError):
         self.retry_after = retry_after
 
 
+class UpstreamOutcomeUnknown(UpstreamUnavailable):
+    """A request that must not be sent twice (a job submission) may or may not have been carried out.
+
+    Raised instead of retrying after a timeout, a dropped connection or a 500/502/504: the server
+    may have acted on the request before the answer was lost. The caller finds out by looking.
+    """
+
+
 class UpstreamAuthError(UpstreamError):
     """The service refused our credentials (401/403). Retrying will not help."""
 
@@ -74,3 +84,12 @@ class UnknownRackError(UpstreamError):
     def __init__(self, rack: str) -> None:
         super().__init__("maas", f"unknown rack {rack!r}: MAAS has no tag of that name", status=400)
         self.rack = rack
+
+
+class RackHeldError(RackwatchError):
+    """Another rackwatch process is checking the rack; `holder` says who, and since when."""
+
+    def __init__(self, rack: str, holder: str) -> None:
+        super().__init__(f"rack {rack!r} is being checked by another rackwatch ({holder})")
+        self.rack = rack
+        self.holder = holder

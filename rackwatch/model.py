@@ -97,3 +97,21 @@ class JobResult:
     @property
     def has_ended(self) -> bool:
         return self.state in FINAL_JOB_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveJob:
+    """A job that GET /v1/job/search lists as active: neither cancelled nor complete."""
+
+    job_id: str
+    state: str  # job_state: "waiting", "running", a phase name, ...
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefinition:
+    """What GET /v1/job/<job_id> says a job was submitted as."""
+
+    job_id: str
+    queue: str
+    tags: tuple[str, ...] = ()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import socket
 import time
 import traceback
 import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,13 +24,15 @@ from rackwatch.config import Settings
 from rackwatch.errors import (
     UnknownRackError,
     UpstreamAuthError,
+    UpstreamOutcomeUnknown,
     UpstreamResponseError,
     UpstreamUnavailable,
     UsageError,
 )
-from rackwatch.model import Machine
+from rackwatch.model import JobDefinition, Machine
 from rackwatch.simlab import (
     DEFAULT_MAAS_API_KEY,
+    Behaviour,
     Fault,
     FaultKind,
     Lab,
@@ -35,6 +40,7 @@ from rackwatch.simlab import (
     SimMachine,
     SimRack,
 )
+from tests.harness import until
 
 FAST = RetryPolicy(attempts=3, wait_initial_s=0.01, wait_max_s=0.05, timeout_s=5)
 MACHINES = "GET /MAAS/api/2.0/machines/"
@@ -423,6 +429,179 @@ async def test_a_fault_on_one_path_is_retried() -> None:
     assert lab.requests["POST /v1/job"] == 1
 
 
+async def test_a_post_stored_after_the_client_gave_up_is_an_unknown_outcome() -> None:
+    """A POST the server stores after our timeout is sent once, raises, and the job turns up."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.LATE, "testflinger", path="/v1/job", method="POST", delay=1.0))
+    job_id = str(uuid.uuid4())
+    async with lab.serve() as urls:
+        settings = settings_for(urls, testflinger={"timeout": 0.3})
+        async with connect(settings, FAST) as clients:
+            tf = clients.testflinger
+            with pytest.raises(UpstreamOutcomeUnknown) as caught:
+                await tf.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
+            assert await tf.job(job_id) is None  # not yet
+            async with asyncio.timeout(3):
+                while (found := await tf.job(job_id)) is None:  # noqa: ASYNC110 - polling
+                    await asyncio.sleep(0.05)
+    assert str(caught.value) == (
+        "testflinger POST /v1/job: no answer within 0.3 s; it may have been carried out"
+    )
+    assert caught.value.status is None
+    assert found == JobDefinition(job_id, "no-agent-serves-this")
+    assert lab.requests["POST /v1/job"] == 1
+    assert len(lab.jobs(job_id)) == 1
+
+
+async def test_a_post_answered_503_is_sent_again_and_stored_once() -> None:
+    """A 503 leaves the server untouched, so the POST is retried, and one job is stored."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.UNAVAILABLE, "testflinger", path="/v1/job", method="POST"))
+    job_id = str(uuid.uuid4())
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        answered = await clients.testflinger.submit({"job_queue": "a-m1", "job_id": job_id})
+    assert answered == job_id
+    assert lab.requests["POST /v1/job"] == 2
+    assert len(lab.jobs(job_id)) == 1
+
+
+async def test_a_post_answered_500_is_not_sent_again() -> None:
+    """After a 500 the job may be stored: one POST, and UpstreamOutcomeUnknown with the status."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.SERVER_ERROR, "testflinger", path="/v1/job", method="POST"))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        with pytest.raises(UpstreamOutcomeUnknown) as caught:
+            await clients.testflinger.submit({"job_queue": "a-m1", "job_id": str(uuid.uuid4())})
+    assert caught.value.status == 500
+    assert str(caught.value).startswith("testflinger POST /v1/job answered 500: an HTML page")
+    assert str(caught.value).endswith("; it may have been carried out")
+    assert lab.requests["POST /v1/job"] == 1
+
+
+@contextlib.asynccontextmanager
+async def hanging_up() -> AsyncIterator[tuple[Settings, list[bytes]]]:
+    """A server that reads each request's head and closes the connection without an answer."""
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    settings = Settings.from_mapping(
+        {
+            "maas": {"url": f"{base}MAAS/", "api_key": DEFAULT_MAAS_API_KEY},
+            "testflinger": {"url": base},
+        }
+    )
+    async with server:
+        yield settings, heads
+
+
+@pytest.mark.usefixtures("no_retry_waits")
+async def test_a_connection_closed_without_an_answer_ends_a_post_but_not_a_read() -> None:
+    """The server may have acted on a dropped POST, so it is sent once; a GET is retried."""
+    async with hanging_up() as (settings, heads), connect(settings, FAST) as clients:
+        with pytest.raises(UpstreamOutcomeUnknown) as posted:
+            await clients.testflinger.submit({"job_queue": "a-m1", "job_id": str(uuid.uuid4())})
+        posts = len(heads)
+        with pytest.raises(UpstreamUnavailable) as read:
+            await clients.testflinger.agents()
+    assert posts == 1
+    assert heads[0].startswith(b"POST /v1/job ")
+    assert "it may have been carried out" in str(posted.value)
+    assert type(read.value) is UpstreamUnavailable
+    # FAST makes three attempts; aiohttp may resend an idempotent request on its own as well.
+    assert len(heads) - posts >= 3
+    assert all(head.startswith(b"GET /v1/agents/data ") for head in heads[posts:])
+
+
+@pytest.mark.usefixtures("no_retry_waits")
+async def test_a_post_that_cannot_connect_is_retried_and_unavailable() -> None:
+    """A refused connection carried nothing, so even a POST is retried; the outcome is known."""
+    port = free_port()
+    settings = Settings.from_mapping(
+        {
+            "maas": {"url": f"http://127.0.0.1:{port}/MAAS/", "api_key": DEFAULT_MAAS_API_KEY},
+            "testflinger": {"url": f"http://127.0.0.1:{port}/"},
+        }
+    )
+    async with connect(settings, FAST) as clients:
+        with (
+            structlog.testing.capture_logs() as logs,
+            pytest.raises(UpstreamUnavailable) as caught,
+        ):
+            await clients.testflinger.submit({"job_queue": "a-m1", "job_id": str(uuid.uuid4())})
+    assert type(caught.value) is UpstreamUnavailable
+    assert "cannot connect" in str(caught.value)
+    assert len([e for e in logs if e["event"] == "stamina.retry_scheduled"]) == 2
+
+
+async def test_active_jobs_and_job_definitions_round_trip() -> None:
+    """active_jobs lists the tag's unended jobs; job() reads a definition, or None."""
+    lab = make_lab(provision_seconds=0.1, pickup_seconds=0.02, slow_factor=300.0)
+    lab.set_behaviour("b-m1", Behaviour.SLOW)
+    tag = "rackwatch"
+    ids = {name: str(uuid.uuid4()) for name in ("done", "running", "waiting", "cancelled", "other")}
+    jobs: dict[str, dict[str, Any]] = {
+        "done": {
+            "job_queue": "a-m1",
+            "tags": [tag, "rack-a"],
+            "provision_data": {"distro": "noble"},
+        },
+        "running": {"job_queue": "b-m1", "tags": [tag], "provision_data": {"distro": "noble"}},
+        "waiting": {"job_queue": "nobody", "tags": [tag]},
+        "cancelled": {"job_queue": "nobody", "tags": [tag]},
+        "other": {"job_queue": "nobody", "tags": ["someone-else"]},
+    }
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        tf = clients.testflinger
+        for name, job in jobs.items():
+            await tf.submit({**job, "job_id": ids[name]})
+        await tf.cancel(ids["cancelled"])
+        await until(
+            lambda: lab.job_state(ids["done"]) == "complete"
+            and lab.job_state(ids["running"]) == "provision"
+        )
+        active = await tf.active_jobs(tag)
+        nobody = await tf.active_jobs("no-job-has-this-tag")
+        done = await tf.job(ids["done"])
+        waiting = await tf.job(ids["waiting"])
+        unknown = await tf.job(str(uuid.uuid4()))
+    assert [(job.job_id, job.state) for job in active] == [
+        (ids["running"], "provision"),
+        (ids["waiting"], "waiting"),
+    ]
+    assert all(
+        job.created_at is not None and abs(datetime.now(UTC) - job.created_at).total_seconds() < 60
+        for job in active
+    )
+    assert nobody == []
+    assert done == JobDefinition(ids["done"], "a-m1", (tag, "rack-a"))
+    assert waiting == JobDefinition(ids["waiting"], "nobody", (tag,))
+    assert unknown is None
+    assert lab.requests["GET /v1/job/search"] == 2
+
+
+@pytest.mark.parametrize("call", ["active_jobs", "job"])
+async def test_an_unreadable_search_or_definition_is_a_response_error(call: str) -> None:
+    """A cut-off body from the search or the definition is UpstreamResponseError, not retried."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.MALFORMED, "testflinger", path="/v1/job/"))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+        tf = clients.testflinger
+        with pytest.raises(UpstreamResponseError, match="not JSON"):
+            if call == "active_jobs":
+                await tf.active_jobs("rackwatch")
+            else:
+                await tf.job(str(uuid.uuid4()))
+    assert sum(n for key, n in lab.requests.items() if key.startswith("GET /v1/job/")) == 1
+
+
 async def test_requests_in_flight_are_bounded_by_check_concurrency() -> None:
     """With check.concurrency = 2, six slow agent reads are never more than two at the server."""
     lab = make_lab()
@@ -465,15 +644,111 @@ async def test_one_login_serves_many_calls_even_concurrent_ones() -> None:
 
 
 async def test_an_expired_token_is_renewed_once_and_the_call_replayed() -> None:
-    """After the server expires the token, the next call logs in again once and succeeds."""
+    """After the server expires the token, the call logs in again once and retries at once."""
     lab = make_lab(testflinger_login=LOGIN)
     async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
         await clients.testflinger.agents()
         lab.expire_tokens()
-        agents = await clients.testflinger.agents()
+        with structlog.testing.capture_logs() as logs:
+            agents = await clients.testflinger.agents()
     assert len(agents) == 4
     assert lab.logins == 2
     assert lab.requests["GET /v1/agents/data"] == 3  # one, then one refused and its replay
+    assert [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"] == [0.0]
+    listings = [header for path, header in lab.authorizations if path == "/v1/agents/data"]
+    assert listings[0] == listings[1] != listings[2]
+
+
+async def test_a_retry_after_a_500_carries_a_fresh_token_once_the_old_one_expired() -> None:
+    """A 500, then a 401 for the expired token: a fresh token, and the third attempt reads."""
+    lab = make_lab(testflinger_login=LOGIN)
+    job_id = str(uuid.uuid4())
+    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+        tf = clients.testflinger
+        await tf.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
+        lab.expire_tokens()
+        lab.inject(Fault(FaultKind.SERVER_ERROR, "testflinger", path="/v1/result/"))
+        with structlog.testing.capture_logs() as logs:
+            result = await tf.result(job_id)
+    assert result is not None
+    assert result.state == "waiting"
+    assert lab.logins == 2
+    assert lab.requests["GET /v1/result/{job_id}"] == 3
+    reads = [header for path, header in lab.authorizations if path.startswith("/v1/result/")]
+    newest = list(lab.tokens)[-1]
+    assert reads == [reads[0], reads[0], f"Bearer {newest}"]
+    assert reads[0] != reads[2]
+    waits = [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"]
+    assert len(waits) == 2
+    assert waits[0] > 0.0  # backoff after the 500
+    assert waits[1] == 0.0  # at once after the renewal
+
+
+async def test_every_attempt_carries_the_token_that_is_current_when_it_is_sent() -> None:
+    """A retry that starts after our token's renewal time logs in first, with no 401 at all."""
+    # Testflinger says 2 s; we renew 1 s after login. The 503 asks for 1.2 s before the retry.
+    lab = make_lab(testflinger_login=LOGIN, token_lifetime=2.0)
+    policy = RetryPolicy(attempts=3, timeout_s=5, wait_initial_s=0.01, wait_max_s=2.0)
+    job_id = str(uuid.uuid4())
+    async with lab.serve() as urls, connect(login_settings(urls), policy) as clients:
+        tf = clients.testflinger
+        await tf.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
+        lab.inject(Fault(FaultKind.UNAVAILABLE, "testflinger", path="/v1/result/", retry_after=1.2))
+        result = await tf.result(job_id)
+    assert result is not None
+    assert lab.logins == 2
+    assert lab.requests["GET /v1/result/{job_id}"] == 2
+    reads = [header for path, header in lab.authorizations if path.startswith("/v1/result/")]
+    assert reads[0] != reads[1]
+    assert reads[1] == f"Bearer {list(lab.tokens)[-1]}"
+
+
+async def test_result_reads_ride_out_server_errors_across_token_expiry() -> None:
+    """With 2 s tokens and 40 % of reads answered 500, every read in 5 s still succeeds."""
+    lab = make_lab(testflinger_login=LOGIN, token_lifetime=2.0)
+    lab.inject(
+        Fault(FaultKind.SERVER_ERROR, "testflinger", path="/v1/result/", times=None, ratio=0.4)
+    )
+    # Waits of 0.3 s to 1 s, so that chains of attempts span a token's renewal or expiry.
+    policy = RetryPolicy(attempts=6, timeout_s=10, wait_initial_s=0.3, wait_max_s=1.0)
+    job_id = str(uuid.uuid4())
+    async with lab.serve() as urls, connect(login_settings(urls), policy) as clients:
+        tf = clients.testflinger
+        await tf.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
+        results = []
+        started = time.monotonic()
+        while time.monotonic() - started < 5.0:
+            results.append(await tf.result(job_id))
+            await asyncio.sleep(0.1)
+    assert len(results) >= 5
+    assert all(result is not None and result.state == "waiting" for result in results)
+    assert lab.requests["GET /v1/result/{job_id}"] > len(results)  # some were retried
+    assert lab.logins >= 2
+    api_calls = [header for path, header in lab.authorizations if path != "/v1/oauth2/token"]
+    assert all(header.startswith("Bearer ") for header in api_calls)
+
+
+async def test_a_fresh_token_that_is_refused_too_ends_the_call() -> None:
+    """A 401 right after a renewal is an auth error: the server refuses even fresh tokens."""
+    lab = make_lab(testflinger_login=LOGIN, token_lifetime=0.0)  # every token has expired
+    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+        with pytest.raises(UpstreamAuthError) as caught:
+            await clients.testflinger.agents()
+    assert caught.value.status == 401
+    assert "Token has expired" in str(caught.value)
+    assert lab.logins == 2
+    assert lab.requests["GET /v1/agents/data"] == 2
+
+
+async def test_a_403_is_not_retried_even_with_a_login() -> None:
+    """A token whose role may not list agents gets 403 once: a new token would be no better."""
+    lab = make_lab(testflinger_login=LOGIN, testflinger_role="agent")
+    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+        with pytest.raises(UpstreamAuthError) as caught:
+            await clients.testflinger.agents()
+    assert caught.value.status == 403
+    assert lab.logins == 1
+    assert lab.requests["GET /v1/agents/data"] == 1
 
 
 async def test_a_wrong_testflinger_secret_is_an_auth_error_that_quotes_no_secret(

@@ -1,9 +1,10 @@
 """HTTP for both clients: one place where answers and aiohttp errors become rackwatch errors.
 
 `Http` sends one request with a bound on requests in flight, a per-request timeout and retries
-(stamina) on transient failures, honouring Retry-After. It returns the statuses the caller
-expects as a `Reply` and raises an `UpstreamError` for everything else. No aiohttp exception
-leaves this module.
+(stamina) on transient failures, honouring Retry-After. A request that must not be carried out
+twice is retried only after failures that leave the server untouched, and a 401 can renew the
+credentials for the next attempt. It returns the statuses the caller expects as a `Reply` and
+raises an `UpstreamError` for everything else. No aiohttp exception leaves this module.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rackwatch import __version__
 from rackwatch.errors import (
     UpstreamAuthError,
     UpstreamError,
+    UpstreamOutcomeUnknown,
     UpstreamResponseError,
     UpstreamUnavailable,
 )
@@ -32,8 +34,12 @@ USER_AGENT = f"rackwatch/{__version__}"
 
 # MAAS answers 409 when a database transaction conflicts and asks the client to try again.
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+# The server (or the proxy's upstream) may have carried the request out before answering these.
+UNCERTAIN_STATUSES = frozenset({500, 502, 504})
+MAY_HAVE_HAPPENED = "it may have been carried out"
 
 HeaderFactory = Callable[[], Awaitable[Mapping[str, str]]]
+Renewal = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,14 @@ class Reply:
     def message(self) -> str:
         """The server's own words, from any of the error body shapes."""
         return excerpt(self.body)
+
+
+class _Renewed(Exception):
+    """A 401 after which the credentials were renewed: the next attempt goes out at once."""
+
+    def __init__(self, refusal: UpstreamAuthError) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
 
 
 class Http:
@@ -107,18 +121,38 @@ class Http:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         headers: HeaderFactory | None = None,
+        idempotent: bool = True,
+        renew: Renewal | None = None,
     ) -> Reply:
         """Send one request, retried on transient failures; answer a status in `expect`.
 
-        `headers` is called again for every attempt, so each attempt can be signed anew.
+        `headers` is called again for every attempt, so each attempt can be signed anew; what it
+        or `renew` raises ends the request, as they retry on their own.
+
+        With `idempotent` False, the request is never sent again once the server may have
+        carried it out: a timeout, a lost connection, a cut-short answer or a 500, 502 or 504
+        raises UpstreamOutcomeUnknown. Failures that never reached it (no connection, 409, 429,
+        503) are retried as usual.
+
+        With `renew`, a 401 awaits `renew()` and the next attempt follows at once, carrying the
+        credentials `headers` then gives. A 401 on the last attempt, or on the attempt right after
+        a renewal, and any 403, raise UpstreamAuthError.
         """
         what = f"{self.service} {method} {URL(url).path}"
         # Most requests succeed at once, and a retry context costs more than the request: the
         # first attempt goes out bare, and its failure becomes the retry loop's first attempt.
+        sent = await headers() if headers is not None else None
         try:
-            return await self._once(method, url, what, expect, params, json_body, headers)
+            return await self._once(method, url, what, expect, params, json_body, sent, idempotent)
+        except UpstreamOutcomeUnknown:
+            raise
         except UpstreamUnavailable as exc:
-            failed: UpstreamUnavailable | None = exc
+            failed: Exception | None = exc
+        except UpstreamAuthError as exc:
+            if renew is None or exc.status != 401 or self._retry.attempts < 2:
+                raise
+            failed = _Renewed(exc)
+        renewing = isinstance(failed, _Renewed)
         retrying = stamina.retry_context(
             on=self._backoff,
             attempts=self._retry.attempts,
@@ -126,12 +160,32 @@ class Http:
             wait_initial=self._retry.wait_initial_s,
             wait_max=self._retry.wait_max_s,
         )
-        async for attempt in retrying:
-            with attempt:
+        try:
+            async for attempt in retrying:
                 if failed is not None:
-                    first, failed = failed, None
-                    raise first
-                return await self._once(method, url, what, expect, params, json_body, headers)
+                    with attempt:
+                        first, failed = failed, None
+                        raise first
+                    continue
+                # Outside the attempt: a failure to get credentials ends the request.
+                renewed, renewing = renewing, False
+                if renewed:
+                    assert renew is not None
+                    await renew()
+                sent = await headers() if headers is not None else None
+                with attempt:
+                    try:
+                        return await self._once(
+                            method, url, what, expect, params, json_body, sent, idempotent
+                        )
+                    except UpstreamAuthError as exc:
+                        last = attempt.num >= self._retry.attempts
+                        if renew is None or exc.status != 401 or renewed or last:
+                            raise
+                        renewing = True
+                        raise _Renewed(exc) from None
+        except _Renewed as exc:
+            raise exc.refusal from None
         raise AssertionError("unreachable: stamina raises once attempts run out")
 
     async def _once(
@@ -142,11 +196,12 @@ class Http:
         expect: Collection[int],
         params: Mapping[str, str] | None,
         json_body: Any,
-        headers: HeaderFactory | None,
+        headers: Mapping[str, str] | None,
+        idempotent: bool,
     ) -> Reply:
         sent_headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if headers is not None:
-            sent_headers.update(await headers())
+            sent_headers.update(headers)
         try:
             async with (
                 self._limiter,
@@ -163,21 +218,30 @@ class Http:
                 body = await response.read()
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except TimeoutError:
-            raise UpstreamUnavailable(
-                self.service, f"{what}: no answer within {self._timeout.total:g} s"
+        except TimeoutError as exc:
+            # Only a connection that was never made is sure to have carried nothing.
+            reached = not isinstance(exc, aiohttp.ConnectionTimeoutError)
+            raise self._no_answer(
+                f"{what}: no answer within {self._timeout.total:g} s",
+                uncertain=reached and not idempotent,
             ) from None
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(
-                self.service, f"{what}: {describe_client_error(exc)}"
+            reached = not isinstance(exc, aiohttp.ClientConnectorError)
+            raise self._no_answer(
+                f"{what}: {describe_client_error(exc)}", uncertain=reached and not idempotent
             ) from None
 
         if status in expect:
             return Reply(status, body, what)
-        raise self._error(what, status, body, retry_after)
+        raise self._error(what, status, body, retry_after, idempotent)
+
+    def _no_answer(self, message: str, *, uncertain: bool) -> UpstreamUnavailable:
+        if uncertain:
+            return UpstreamOutcomeUnknown(self.service, f"{message}; {MAY_HAVE_HAPPENED}")
+        return UpstreamUnavailable(self.service, message)
 
     def _error(
-        self, what: str, status: int, body: bytes, retry_after: float | None
+        self, what: str, status: int, body: bytes, retry_after: float | None, idempotent: bool
     ) -> UpstreamError:
         if status in (401, 403):
             said = f": {self._redact(excerpt(body))}" if self._quote_refusals else ""
@@ -185,6 +249,10 @@ class Http:
                 self.service, f"{what} refused the credentials ({status}){said}", status=status
             )
         message = f"{what} answered {status}: {self._redact(excerpt(body))}"
+        if status in UNCERTAIN_STATUSES and not idempotent:
+            return UpstreamOutcomeUnknown(
+                self.service, f"{message}; {MAY_HAVE_HAPPENED}", status=status
+            )
         if status in RETRYABLE_STATUSES:
             return UpstreamUnavailable(
                 self.service, message, status=status, retry_after=retry_after
@@ -197,7 +265,9 @@ class Http:
         return text
 
     def _backoff(self, exc: Exception) -> bool | float:
-        if not isinstance(exc, UpstreamUnavailable):
+        if isinstance(exc, _Renewed):
+            return 0.0
+        if not isinstance(exc, UpstreamUnavailable) or isinstance(exc, UpstreamOutcomeUnknown):
             return False
         if exc.retry_after is not None:
             return min(exc.retry_after, self._retry.wait_max_s)

@@ -1,4 +1,4 @@
-"""Testflinger: agents, job submission, results and cancellation, with optional login."""
+"""Testflinger: agents, job submission and search, results and cancellation, with optional login."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 
 from rackwatch.clients._http import Http, Reply
-from rackwatch.errors import UpstreamAuthError, UpstreamResponseError
-from rackwatch.model import Agent, JobResult
+from rackwatch.errors import UpstreamResponseError
+from rackwatch.model import ActiveJob, Agent, JobDefinition, JobResult
 
 # A token is renewed this long before Testflinger says it expires.
 TOKEN_MARGIN_S = 30.0
@@ -21,9 +21,10 @@ TOKEN_MARGIN_S = 30.0
 class TestflingerClient:
     """Talks to one Testflinger server.
 
-    With a client id, it logs in (POST /v1/oauth2/token) and sends `Authorization: Bearer`;
-    on a 401 it gets a fresh token and replays the request once, as Testflinger's own CLI
-    does. Without one, it is anonymous, which servers without OIDC allow.
+    With a client id, it logs in (POST /v1/oauth2/token) and sends `Authorization: Bearer`
+    with the current token on every attempt; a 401 gets a fresh token, and the next attempt of
+    the same request follows at once with it, as Testflinger's own CLI replays a request once.
+    Without one, it is anonymous, which servers without OIDC allow.
     """
 
     __test__ = False  # not a pytest test class, whatever its name says
@@ -54,15 +55,47 @@ class TestflingerClient:
     async def submit(self, job: Mapping[str, Any]) -> str:
         """Submit a job that carries its own job_id; answer the id the server stored.
 
-        Retrying is safe only because the id is fixed: a retried POST whose first attempt
-        did reach the server stores a second job with the same id, never a job we cannot see.
+        The POST is never sent again blindly: a second one would store a second job under the
+        same id. It is retried only after failures that leave the server untouched (no
+        connection, 409, 429, 503, an expired token); after a timeout, a lost connection or a
+        500, 502 or 504 it raises UpstreamOutcomeUnknown, and the caller looks the job up by its
+        id to learn whether it was stored.
         """
-        reply = await self._call("POST", "v1/job", json_body=dict(job))
+        reply = await self._call("POST", "v1/job", json_body=dict(job), idempotent=False)
         data = reply.json()
         job_id = data.get("job_id") if isinstance(data, dict) else None
         if not isinstance(job_id, str) or not job_id:
             raise UpstreamResponseError("testflinger", f"{reply.what}: no job_id in the answer")
         return job_id
+
+    async def active_jobs(self, tag: str) -> list[ActiveJob]:
+        """The jobs tagged `tag` that have not ended: neither cancelled nor complete.
+
+        A job cancelled while its agent still provisions reads "cancelled", so it is not listed,
+        although the agent runs it until provisioning ends.
+        """
+        reply = await self._call(
+            "GET", "v1/job/search", params={"tags": tag, "state": "active"}, expect=(200, 204)
+        )
+        if reply.status == 204:
+            return []
+        data = reply.json()
+        if not isinstance(data, list):
+            raise UpstreamResponseError("testflinger", f"{reply.what}: expected a list of jobs")
+        return [parse_active_job(item, reply.what) for item in data]
+
+    async def job(self, job_id: str) -> JobDefinition | None:
+        """What the job was submitted as, or None when the server has no such job."""
+        reply = await self._call("GET", f"v1/job/{job_id}", expect=(200, 204))
+        if reply.status == 204:
+            return None
+        data = reply.json()
+        if not isinstance(data, dict) or not isinstance(data.get("job_queue"), str):
+            raise UpstreamResponseError("testflinger", f"{reply.what}: no job_queue in the answer")
+        tags = data.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise UpstreamResponseError("testflinger", f"{reply.what}: tags is not a list of text")
+        return JobDefinition(job_id=job_id, queue=data["job_queue"], tags=tuple(tags))
 
     async def result(self, job_id: str) -> JobResult | None:
         """The job's state and phase statuses, or None when the server has no such job."""
@@ -101,32 +134,40 @@ class TestflingerClient:
         path: str,
         *,
         expect: Collection[int] = (200,),
+        params: Mapping[str, str] | None = None,
         json_body: Any = None,
+        idempotent: bool = True,
     ) -> Reply:
+        url = self._url + path
         if self._login is None:
-            return await self._send(method, path, expect, json_body, token=None)
-        # A refused login raises from here: only a 401 to the call itself earns a replay.
-        token = await self._current_token()
-        try:
-            return await self._send(method, path, expect, json_body, token=token)
-        except UpstreamAuthError as exc:
-            if exc.status != 401:
-                raise
-        token = await self._fresh_token(stale=token)
-        return await self._send(method, path, expect, json_body, token=token)
+            return await self._http.request(
+                method,
+                url,
+                expect=expect,
+                params=params,
+                json_body=json_body,
+                idempotent=idempotent,
+            )
+        sent: str | None = None  # the token of the latest attempt
 
-    async def _send(
-        self, method: str, path: str, expect: Collection[int], json_body: Any, *, token: str | None
-    ) -> Reply:
         async def bearer() -> Mapping[str, str]:
-            return {"Authorization": f"Bearer {token}"}
+            # A refused login raises from here and ends the call: logging in again cannot help.
+            nonlocal sent
+            sent = await self._current_token()
+            return {"Authorization": f"Bearer {sent}"}
+
+        async def renew() -> None:
+            await self._fresh_token(stale=sent)
 
         return await self._http.request(
             method,
-            self._url + path,
+            url,
             expect=expect,
+            params=params,
             json_body=json_body,
-            headers=bearer if token is not None else None,
+            headers=bearer,
+            idempotent=idempotent,
+            renew=renew,
         )
 
     async def _current_token(self) -> str:
@@ -173,6 +214,19 @@ def parse_agent(item: Any, what: str) -> Agent:
         comment=str(item.get("comment") or ""),
         provision_streak_type=str(streak_type) if streak_type else None,
         provision_streak_count=_int_or_none(item.get("provision_streak_count")),
+    )
+
+
+def parse_active_job(item: Any, what: str) -> ActiveJob:
+    """One job of a search answer: {job_id, created_at, job_state}."""
+    if not isinstance(item, dict) or not isinstance(item.get("job_id"), str) or not item["job_id"]:
+        raise UpstreamResponseError("testflinger", f"{what}: a job without a job_id")
+    if not isinstance(item.get("job_state"), str):
+        raise UpstreamResponseError("testflinger", f"{what}: job {item['job_id']} has no job_state")
+    return ActiveJob(
+        job_id=item["job_id"],
+        state=item["job_state"],
+        created_at=parse_timestamp(item.get("created_at")),
     )
 
 
