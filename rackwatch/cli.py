@@ -379,8 +379,10 @@ Show one agent's checks, newest first: when each started (UTC), its rack, outcom
 provision_status, how long its job took, and the detail. Read-only, like status.
 
 --json prints {"agent", "checks": [{"rack", "machine", "outcome", "job_id", "queue",
-"provision_status", "detail", "created_at", "submitted_at", "finished_at", "duration_s"}]};
-outcome is null while the job is in flight. Times are UTC ISO 8601.
+"provision_status", "detail", "created_at", "submitted_at", "finished_at", "duration_s",
+"late_result"}]}; outcome is null while the job is in flight; late_result is null unless the
+check's job ran on after the check ended (a timeout), and then says what became of it, e.g.
+"seen ended 3h 12m after its timeout, provision_status 0". Times are UTC ISO 8601.
 
 Exits 0; 1 when the state file holds no check of the agent; 66 when it cannot be read."""
 

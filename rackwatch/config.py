@@ -221,6 +221,9 @@ class CheckSettings(_Section):
     concurrency: int = Field(default=50, ge=1)
     poll_interval: Duration = timedelta(seconds=60)
     job_timeout: Duration = timedelta(hours=4)
+    # A job whose submission had no clear answer is looked up by its id for this long before
+    # it may be submitted again (and then only if no rackwatch job is active on its queue).
+    submit_grace: Duration = timedelta(minutes=2)
     max_fail_streak: int = Field(default=20, ge=0)
     stale_after: Duration = timedelta(hours=26)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from rackwatch.model import Agent, JobResult, Machine, Outcome
@@ -140,6 +140,41 @@ def decide(
     return Decision(machine, agent, None, queue=queue)
 
 
+@dataclass(frozen=True, slots=True)
+class HeldJob:
+    """A rackwatch job that Testflinger still holds: active on its queue, or run by an agent.
+
+    `ours` when this state file recorded it, with the time it was submitted; otherwise it came
+    from another state file (a lost one, or another rackwatch's), named by `origin`.
+    """
+
+    job_id: str
+    queue: str | None
+    state: str
+    ours: bool
+    submitted_at: datetime | None = None
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldJobs:
+    """The rackwatch jobs Testflinger holds, by job id and by queue, as a cycle starts."""
+
+    by_id: Mapping[str, HeldJob]
+    by_queue: Mapping[str, HeldJob]
+
+    @classmethod
+    def of(cls, jobs: Iterable[HeldJob]) -> HeldJobs:
+        jobs = list(jobs)
+        return cls(
+            by_id={job.job_id: job for job in jobs},
+            by_queue={job.queue: job for job in jobs if job.queue is not None},
+        )
+
+
+NO_HELD_JOBS = HeldJobs(by_id={}, by_queue={})
+
+
 def plan_rack(
     machines: Sequence[Machine],
     agents: Sequence[Agent],
@@ -147,23 +182,85 @@ def plan_rack(
     location: str,
     now: datetime,
     limits: Limits,
+    held: HeldJobs = NO_HELD_JOBS,
 ) -> list[Decision]:
-    """A decision for every machine of a rack, given every agent of the server."""
+    """A decision for every machine of a rack, given every agent of the server.
+
+    No job goes to a queue that already holds a rackwatch job (`held`), whatever made it.
+    """
     servers = count_queue_servers(agents)
     return [
-        decide(machine, agent, servers=servers, now=now, limits=limits)
+        hold(decide(machine, agent, servers=servers, now=now, limits=limits), held, now, limits)
         for machine, agent in match_agents(machines, agents, location)
     ]
 
 
-def recheck(decision: Decision, fresh: Agent | None) -> Decision:
+def recheck(
+    decision: Decision,
+    fresh: Agent | None,
+    *,
+    held: HeldJobs = NO_HELD_JOBS,
+    now: datetime,
+    limits: Limits,
+) -> Decision:
     """The decision again, on the agent as read just before submitting."""
     if fresh is None:
         return Decision(decision.machine, None, Outcome.NO_AGENT, detail="the agent disappeared")
     if fresh.state != "waiting":
         job = f", job {fresh.job_id}" if fresh.job_id else ""
-        return Decision(decision.machine, fresh, Outcome.BUSY, detail=f"became {fresh.state}{job}")
+        busy = Decision(decision.machine, fresh, Outcome.BUSY, detail=f"became {fresh.state}{job}")
+        return hold(busy, held, now, limits)
     return decision
+
+
+def hold(decision: Decision, held: HeldJobs, now: datetime, limits: Limits) -> Decision:
+    """The decision for an agent whose own queue or whose work is a rackwatch job already.
+
+    An agent still running a job of ours that has had its time is not busy with someone
+    else's work: its check times out again, and no job is added. Any other rackwatch job on
+    its queue, ours or not, means no job is submitted: it is reported, never doubled.
+    """
+    agent = decision.agent
+    if agent is None:
+        return decision
+    if decision.outcome is Outcome.BUSY and agent.job_id in held.by_id:
+        job, running = held.by_id[agent.job_id], True
+    elif (
+        decision.outcome is None and decision.queue is not None and decision.queue in held.by_queue
+    ):
+        job, running = held.by_queue[decision.queue], False
+    else:
+        return decision
+    if not job.ours:
+        origin = f" of state file {job.origin}" if job.origin else " of another state file"
+        where = "running" if running else f"queue {decision.queue} holds"
+        detail = f"{where} rackwatch job {job.job_id}{origin} ({job.state})"
+        return replace(decision, outcome=Outcome.BUSY, queue=None, detail=detail)
+    age = now - job.submitted_at if job.submitted_at is not None else None
+    since = f", submitted {format_age(age)} ago" if age is not None else ""
+    if age is not None and age >= limits.job_timeout:
+        if running:
+            doing = f"still running rackwatch's job {job.job_id} ({job.state}){since}"
+        else:
+            doing = f"rackwatch's job {job.job_id} is still {job.state} on queue {job.queue}{since}"
+        detail = f"{doing}, past its {format_age(limits.job_timeout)}; no job submitted"
+        return replace(decision, outcome=Outcome.TIMED_OUT, queue=None, detail=detail)
+    detail = f"still busy with rackwatch's job {job.job_id} ({job.state}){since}"
+    return replace(decision, outcome=Outcome.BUSY, queue=None, detail=detail)
+
+
+def late_result(result: JobResult, past_deadline: timedelta) -> str:
+    """What became of a job seen to end after its check had ended (timed out or unclear)."""
+    seen = f"seen ended {format_age(past_deadline)} after its timeout"
+    if result.provision_status is not None:
+        meaning = PROVISION_EXIT_CODES.get(result.provision_status)
+        status = f"provision_status {result.provision_status}" + (
+            f" ({meaning})" if meaning else ""
+        )
+        return f"{seen}, {status}"
+    if result.state == "cancelled":
+        return "cancelled before its provisioning started"
+    return f"{seen}, without a provision status (provisioning never ran)"
 
 
 def judge(result: JobResult) -> tuple[Outcome, str] | None:

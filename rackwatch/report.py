@@ -493,7 +493,7 @@ def history_text(agent: str, checks: Sequence[CheckRecord]) -> str:
             check.job_id or "",
             "" if check.provision_status is None else str(check.provision_status),
             _duration(check.duration_s) if check.job_id else "",
-            check.detail,
+            check.detail + (f"; later: {check.late_result}" if check.late_result else ""),
         )
         for check in checks
     ]
@@ -519,6 +519,7 @@ def history_json(agent: str, checks: Sequence[CheckRecord]) -> str:
                     "submitted_at": _iso(check.submitted_at),
                     "finished_at": _iso(check.finished_at),
                     "duration_s": _round(check.duration_s) if check.job_id else None,
+                    "late_result": check.late_result,
                 }
                 for check in checks
             ],

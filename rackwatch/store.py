@@ -111,6 +111,16 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (name, labels)
     );
     """,
+    # One job per queue, told by Testflinger: the file's identity goes into its jobs' tags, a
+    # job is found by its id, and a check whose job may run on after it ended is followed up.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('identity', lower(hex(randomblob(6))));
+    ALTER TABLE checks ADD COLUMN lingering INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE checks ADD COLUMN late_result TEXT;
+    CREATE INDEX checks_job ON checks(job_id) WHERE job_id IS NOT NULL;
+    CREATE INDEX checks_lingering ON checks(rack) WHERE lingering = 1;
+    """,
 )
 
 CYCLE_STATUSES = frozenset({"ok", "failures", "error", "interrupted"})
@@ -215,6 +225,8 @@ class CheckRecord:
     created_at: datetime
     submitted_at: datetime | None
     finished_at: datetime | None
+    # What became of its job after the check ended (a timed-out job that ran on), once seen.
+    late_result: str | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -519,14 +531,55 @@ class Store:
         at: datetime,
         detail: str = "",
         provision_status: int | None = None,
+        lingering: bool = False,
     ) -> None:
-        """Give an unfinished check its outcome. A check that already has one is never changed."""
+        """Give an unfinished check its outcome. A check that already has one is never changed.
+
+        `lingering`: its job may run on at Testflinger (see `lingering()`).
+        """
         self._update(
             f"unfinished check {check_id}",
-            "UPDATE checks SET outcome = ?, finished_at = ?, detail = ?, provision_status = ?"
-            " WHERE id = ? AND outcome IS NULL",
-            (str(outcome), _text(at), detail, provision_status, check_id),
+            "UPDATE checks SET outcome = ?, finished_at = ?, detail = ?, provision_status = ?,"
+            " lingering = ? WHERE id = ? AND outcome IS NULL",
+            (str(outcome), _text(at), detail, provision_status, int(lingering), check_id),
         )
+
+    def lingering(self, rack: str) -> list[CheckRecord]:
+        """The rack's ended checks whose job may still run on Testflinger, oldest first.
+
+        A job that timed out, or whose submission or result was never clear, can go on after
+        its check ended: Testflinger does not stop a provisioning it was asked to cancel.
+        """
+        rows = self._select(
+            "SELECT * FROM checks WHERE rack = ? AND lingering = 1 ORDER BY created_at, id",
+            (rack,),
+        )
+        return [_check(row) for row in rows]
+
+    def settle_late(self, check_id: int, late_result: str) -> None:
+        """Record what became of a lingering check's job; the check's outcome stays as it was."""
+        self._update(
+            f"lingering check {check_id}",
+            "UPDATE checks SET lingering = 0, late_result = ? WHERE id = ? AND lingering = 1",
+            (late_result, check_id),
+        )
+
+    def checks_of_jobs(self, job_ids: Collection[str]) -> dict[str, CheckRecord]:
+        """The check of each of these job ids that this state file made: job id -> check."""
+        rows = self._select(
+            "SELECT * FROM checks WHERE job_id IN (SELECT value FROM json_each(?))"
+            " ORDER BY created_at, id",
+            (json.dumps(sorted(job_ids)),),
+        )
+        return {row["job_id"]: _check(row) for row in rows}
+
+    def identity(self) -> str:
+        """This state file's own name for itself, put in the tags of the jobs it records."""
+        rows = self._select("SELECT value FROM meta WHERE key = 'identity'", ())
+        if not rows:
+            raise StoreError(f"state file {self._path} has no identity")
+        value: str = rows[0]["value"]
+        return value
 
     def unfinished(self, rack: str | None = None) -> list[CheckRecord]:
         """The checks whose job has no outcome yet, oldest first."""
@@ -962,6 +1015,7 @@ def _check(row: sqlite3.Row) -> CheckRecord:
         created_at=datetime.fromisoformat(row["created_at"]),
         submitted_at=_time(row["submitted_at"]),
         finished_at=_time(row["finished_at"]),
+        late_result=row["late_result"],
     )
 
 

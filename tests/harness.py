@@ -38,7 +38,7 @@ class Harness:
             "state_file": str(self.state_file),
             "maas": {"url": self.urls.maas, "api_key": self.lab.maas_api_key},
             "testflinger": {"url": self.urls.testflinger},
-            "check": {"poll_interval": 0.1, "job_timeout": 1.5},
+            "check": {"poll_interval": 0.1, "job_timeout": 1.5, "submit_grace": 0.5},
         }
         for section, values in overrides.items():
             if isinstance(values, dict):
@@ -88,6 +88,7 @@ url = "{urls.testflinger}"
 [check]
 poll_interval = 0.1
 job_timeout = 3
+submit_grace = "1s"
 {extra}
 """)
     return path
@@ -162,6 +163,7 @@ url = "{self.urls.testflinger}"
 [check]
 poll_interval = 0.1
 job_timeout = 20
+submit_grace = "1s"
 """)
 
     async def start(self) -> asyncio.subprocess.Process:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
-from rackwatch.check import RackReport
+import pytest
+
+from rackwatch.check import Checker, CheckPlan, RackReport
+from rackwatch.clients import connect
+from rackwatch.errors import StoreError
 from rackwatch.model import Outcome
 from rackwatch.simlab import Behaviour, Fault, FaultKind, SimMachine, SimRack
 from rackwatch.store import Store
-from tests.harness import LabFactory, rack
+from tests.harness import FAST_RETRY, Harness, LabFactory, rack, until
 
 LOGIN = ("rackwatch-ci", "a-long-client-secret-0001")
 
@@ -65,9 +70,11 @@ async def test_jobs_go_to_the_agents_own_queue_with_the_template(served: LabFact
     [report] = await harness.cycle(job={"provision_data": {"distro": "jammy"}, "tags": ["rw"]})
     [job] = harness.lab.submissions
     check = report.checks[0]
+    with Store.open(harness.state_file) as store:
+        identity = store.identity()
     assert job == {
         "provision_data": {"distro": "jammy"},
-        "tags": ["rw"],
+        "tags": ["rw", "rackwatch", f"rackwatch-{identity}"],
         "job_queue": "r1-m1",
         "job_id": check.job_id,
     }
@@ -75,11 +82,12 @@ async def test_jobs_go_to_the_agents_own_queue_with_the_template(served: LabFact
 
 
 async def test_all_racks_share_one_agents_listing(served: LabFactory) -> None:
-    """One agents request per cycle, however many racks and agents; one read per idle agent."""
+    """One agents request and one job search per cycle, however many racks and agents."""
     harness = await served([rack("r1", *[Behaviour.PASS] * 3), rack("r2", *[Behaviour.PASS] * 3)])
     await harness.cycle()
     requests = harness.lab.requests
     assert requests["GET /v1/agents/data"] == 1
+    assert requests["GET /v1/job/search"] == 1
     assert requests["GET /v1/agents/data/{agent_name}"] == 6
     assert requests["POST /v1/job"] == 6
 
@@ -243,3 +251,174 @@ async def test_a_job_testflinger_knows_is_tracked_not_resubmitted(served: LabFac
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def untracked(harness: Harness) -> list[str]:
+    """Job ids the lab stored that the state file does not know, or knows without an outcome."""
+    with Store.open(harness.state_file) as store:
+        ids = {str(body["job_id"]) for body in harness.lab.submissions}
+        known = store.checks_of_jobs(ids)
+    return sorted(i for i in ids if i not in known or known[i].outcome is None)
+
+
+async def test_a_post_stored_after_the_client_gave_up_is_tracked_not_resent(
+    served: LabFactory,
+) -> None:
+    """POSTs answered after 4 s with a 1.5 s timeout: each job is looked up, found and passes."""
+    harness = await served([rack("r1", *[Behaviour.PASS] * 8)])
+    harness.lab.inject(
+        Fault(FaultKind.LATE, "testflinger", path="/v1/job", method="POST", times=None, delay=4.0)
+    )
+    [report] = await harness.cycle(
+        testflinger={"timeout": 1.5}, check={"job_timeout": 10, "submit_grace": 8}
+    )
+    assert set(outcomes(report).values()) == {Outcome.PASSED}
+    for agent in harness.lab.agents:
+        [body] = harness.lab.submissions_for(agent)
+        assert len(harness.lab.jobs(str(body["job_id"]))) == 1
+    assert harness.lab.requests["POST /v1/job"] == 8
+    assert untracked(harness) == []
+
+
+async def test_a_post_that_never_arrives_is_sent_again_after_the_grace(
+    served: LabFactory,
+) -> None:
+    """A POST lost without an answer is looked for, then sent once more under the same id."""
+    harness = await served([rack("r1", Behaviour.PASS)])
+    # A 500 may come after the job was stored: it is not retried; here it was not stored.
+    harness.lab.inject(Fault(FaultKind.SERVER_ERROR, "testflinger", path="/v1/job", method="POST"))
+    [report] = await harness.cycle()
+    [check] = report.checks
+    assert check.outcome is Outcome.PASSED
+    assert [body["job_id"] for body in harness.lab.submissions] == [check.job_id]
+    assert harness.lab.requests["POST /v1/job"] == 2
+
+
+async def test_an_unsent_job_whose_post_is_still_on_its_way_is_not_posted_again(
+    served: LabFactory,
+) -> None:
+    """After a crash mid-POST, the job that arrives within the grace is tracked, never resent."""
+    harness = await served([rack("r1", Behaviour.PASS)])
+    job_id = "4c0ffee0-43a5-4c7e-9b5d-1b8c1d3c0a11"
+    with Store.open(harness.state_file) as store:
+        cycle = store.start_cycle("r1", _now())
+        store.begin_job(
+            cycle,
+            rack="r1",
+            agent="r1-m1",
+            machine="r1-m1",
+            queue="r1-m1",
+            job_id=job_id,
+            at=_now(),
+        )
+    body = {"job_queue": "r1-m1", "job_id": job_id, "provision_data": {"distro": "noble"}}
+    arrival = asyncio.get_running_loop().call_later(1.0, harness.lab.submit_job, body, job_id)
+    try:
+        [report] = await harness.cycle(check={"submit_grace": 3})
+    finally:
+        arrival.cancel()
+    [check] = report.checks
+    assert (check.job_id, check.outcome) == (job_id, Outcome.PASSED)
+    assert harness.lab.requests["POST /v1/job"] == 0
+    assert len(harness.lab.jobs(job_id)) == 1
+
+
+async def test_a_failing_cancel_puts_no_second_job_on_a_queue(served: LabFactory) -> None:
+    """Cancels fail: the next cycle adds no job to either queue and reports both timed out."""
+    harness = await served([rack("r1", Behaviour.NEVER_PICKS_UP, Behaviour.SLOW)], slow_factor=20.0)
+    harness.lab.inject(Fault(FaultKind.SERVER_ERROR, "testflinger", path="/action", times=None))
+    [first] = await harness.cycle(check={"job_timeout": 1.0})
+    assert outcomes(first) == {"r1-m1": Outcome.TIMED_OUT, "r1-m2": Outcome.TIMED_OUT}
+    assert all("cancelling it failed" in c.detail for c in first.checks)
+    earlier = {c.agent: c.job_id for c in first.checks}
+
+    [second] = await harness.cycle(check={"job_timeout": 1.0})
+    assert outcomes(second) == {"r1-m1": Outcome.TIMED_OUT, "r1-m2": Outcome.TIMED_OUT}
+    details = {c.agent: c.detail for c in second.checks}
+    assert f"rackwatch's job {earlier['r1-m1']} is still waiting on queue r1-m1" in details["r1-m1"]
+    assert f"still running rackwatch's job {earlier['r1-m2']} (provision)" in details["r1-m2"]
+    assert all(c.job_id is None for c in second.checks)
+    for queue in ("r1-m1", "r1-m2"):
+        assert len(harness.lab.submissions_for(queue)) == 1
+    # The cancel of the job still waiting was retried.
+    assert harness.lab.requests["POST /v1/job/{job_id}/action"] >= 3
+
+
+async def test_a_timed_out_job_that_ends_later_gets_its_late_result(served: LabFactory) -> None:
+    """A provisioning that ran past its timeout is followed up: its end is written on its check."""
+    harness = await served([rack("r1", Behaviour.SLOW)], slow_factor=4.0)  # 1.2 s provisioning
+    [first] = await harness.cycle(check={"job_timeout": 0.5})
+    [timed_out] = first.checks
+    assert timed_out.outcome is Outcome.TIMED_OUT
+    assert timed_out.job_id is not None
+    harness.lab.set_behaviour("r1-m1", Behaviour.PASS)
+    await until(lambda: harness.lab.job_state(str(timed_out.job_id)) == "complete")
+
+    [second] = await harness.cycle(check={"job_timeout": 0.5})
+    assert outcomes(second) == {"r1-m1": Outcome.PASSED}
+    with Store.open(harness.state_file) as store:
+        [_, earlier] = store.history("r1-m1")
+    assert earlier.id == timed_out.id and earlier.outcome is Outcome.TIMED_OUT
+    assert earlier.late_result is not None
+    assert earlier.late_result.startswith("seen ended ")
+    assert earlier.late_result.endswith("after its timeout, provision_status 0")
+
+
+async def test_a_job_of_another_state_file_is_reported_not_doubled(served: LabFactory) -> None:
+    """A rackwatch job the state file does not know (a lost file's) keeps its queue: busy."""
+    harness = await served([rack("r1", Behaviour.NEVER_PICKS_UP, Behaviour.PASS)])
+    foreign = harness.lab.submit_job(
+        {"job_queue": "r1-m1", "tags": ["rackwatch", "rackwatch-0a1b2c3d4e5f"]}
+    )
+    [report] = await harness.cycle()
+    assert outcomes(report) == {"r1-m1": Outcome.BUSY, "r1-m2": Outcome.PASSED}
+    [busy] = [c for c in report.checks if c.agent == "r1-m1"]
+    assert busy.detail == (
+        f"queue r1-m1 holds rackwatch job {foreign} of state file rackwatch-0a1b2c3d4e5f (waiting)"
+    )
+    assert harness.lab.submissions_for("r1-m1") == [
+        {"job_queue": "r1-m1", "tags": ["rackwatch", "rackwatch-0a1b2c3d4e5f"]}
+    ]
+
+
+async def test_short_lived_tokens_and_failing_reads_still_pass(served: LabFactory) -> None:
+    """Tokens living 2 s and 40 % of result reads answered 500: every agent passes."""
+    harness = await served(
+        [rack("r1", *[Behaviour.PASS] * 6)],
+        testflinger_login=LOGIN,
+        token_lifetime=2.0,
+        provision_seconds=3.0,
+    )
+    harness.lab.inject(
+        Fault(FaultKind.SERVER_ERROR, "testflinger", path="/v1/result/", times=None, ratio=0.4)
+    )
+    [report] = await harness.cycle(
+        testflinger={"client_id": LOGIN[0], "secret": LOGIN[1]}, check={"job_timeout": 10}
+    )
+    assert set(outcomes(report).values()) == {Outcome.PASSED}
+    assert harness.lab.logins >= 2
+
+
+async def test_a_crashed_cycle_leaves_no_check_running(served: LabFactory) -> None:
+    """A state file failing mid-cycle ends the cycle with its error, and every check task with it."""
+    harness = await served([rack("r1", *[Behaviour.PASS] * 3)], provision_seconds=1.0)
+    settings = harness.settings()
+    with Store.open(harness.state_file) as store:
+        async with connect(settings, FAST_RETRY) as clients:
+            checker = Checker(
+                maas=clients.maas,
+                testflinger=clients.testflinger,
+                store=store,
+                plan=CheckPlan.from_settings(settings),
+            )
+            cycle = asyncio.create_task(checker.run(["r1"]))
+            await until(lambda: len(harness.lab.submissions) == 3)
+            store.close()  # every later read and write fails
+            with pytest.raises(StoreError):
+                await cycle
+            left = [
+                task
+                for task in asyncio.all_tasks()
+                if "Checker" in task.get_coro().__qualname__  # type: ignore[union-attr]
+            ]
+            assert left == []

@@ -146,9 +146,107 @@ def test_plan_rack_covers_every_machine() -> None:
 def test_recheck_turns_a_submit_into_busy_when_the_agent_took_other_work() -> None:
     """The agent is read again just before submitting; if it is no longer waiting, it is busy."""
     decision = decide(agent())
-    assert policy.recheck(decision, agent(state="setup", job_id="x")).outcome is Outcome.BUSY
-    assert policy.recheck(decision, agent()) is decision
-    assert policy.recheck(decision, None).outcome is Outcome.NO_AGENT
+    busy = agent(state="setup", job_id="x")
+    assert policy.recheck(decision, busy, now=NOW, limits=LIMITS).outcome is Outcome.BUSY
+    assert policy.recheck(decision, agent(), now=NOW, limits=LIMITS) is decision
+    assert policy.recheck(decision, None, now=NOW, limits=LIMITS).outcome is Outcome.NO_AGENT
+
+
+def held(*jobs: policy.HeldJob) -> policy.HeldJobs:
+    return policy.HeldJobs.of(jobs)
+
+
+OURS_LONG_AGO = policy.HeldJob(
+    "j-old", "m1", "provision", ours=True, submitted_at=NOW - timedelta(hours=5)
+)
+
+
+def test_an_agent_running_our_job_past_its_time_times_out_again() -> None:
+    """Still provisioning rackwatch's own timed-out job is a timeout, not someone else's work."""
+    busy = decide(agent(state="provision", job_id="j-old"))
+    decision = policy.hold(busy, held(OURS_LONG_AGO), NOW, LIMITS)
+    assert decision.outcome is Outcome.TIMED_OUT
+    assert decision.queue is None
+    assert "still running rackwatch's job j-old (provision), submitted 5h 0m ago" in decision.detail
+    assert "past its 4h 0m; no job submitted" in decision.detail
+
+
+def test_our_job_still_waiting_on_the_queue_blocks_a_second_one() -> None:
+    """A queue holding rackwatch's own overdue job gets no other: the check times out again."""
+    waiting = policy.HeldJob(
+        "j-old", "m1", "waiting", ours=True, submitted_at=NOW - timedelta(hours=4)
+    )
+    decision = policy.hold(decide(agent()), held(waiting), NOW, LIMITS)
+    assert decision.outcome is Outcome.TIMED_OUT
+    assert "rackwatch's job j-old is still waiting on queue m1, submitted 4h 0m ago" in (
+        decision.detail
+    )
+
+
+def test_a_job_of_another_state_file_is_reported_busy_not_doubled() -> None:
+    """Another rackwatch's job (or a lost state file's) on the queue means busy, with no job."""
+    theirs = policy.HeldJob("j-x", "m1", "waiting", ours=False, origin="rackwatch-0a1b2c")
+    decision = policy.hold(decide(agent()), held(theirs), NOW, LIMITS)
+    assert (decision.outcome, decision.queue) == (Outcome.BUSY, None)
+    assert decision.detail == (
+        "queue m1 holds rackwatch job j-x of state file rackwatch-0a1b2c (waiting)"
+    )
+
+
+def test_a_job_of_ours_within_its_time_is_busy() -> None:
+    """An agent still on a job of ours that has time left is busy with it, and gets no second."""
+    recent = policy.HeldJob(
+        "j-new", "m1", "test", ours=True, submitted_at=NOW - timedelta(minutes=5)
+    )
+    busy = decide(agent(state="test", job_id="j-new"))
+    decision = policy.hold(busy, held(recent), NOW, LIMITS)
+    assert decision.outcome is Outcome.BUSY
+    assert "still busy with rackwatch's job j-new (test), submitted 5m 0s ago" in decision.detail
+
+
+def test_other_work_and_free_queues_are_left_alone() -> None:
+    """Someone else's job, and a queue no rackwatch job holds, change nothing."""
+    foreign_busy = decide(agent(state="test", job_id="someone-else"))
+    assert policy.hold(foreign_busy, held(OURS_LONG_AGO), NOW, LIMITS) is foreign_busy
+    free = decide(agent("m2"))
+    assert policy.hold(free, held(OURS_LONG_AGO), NOW, LIMITS) is free
+
+
+def test_plan_and_recheck_apply_held_jobs() -> None:
+    """plan_rack and recheck both keep a job off a queue that holds one."""
+    jobs = held(OURS_LONG_AGO)
+    [planned] = policy.plan_rack(
+        [machine()], [agent()], location="", now=NOW, limits=LIMITS, held=jobs
+    )
+    assert planned.outcome is Outcome.TIMED_OUT
+    fresh = agent(state="provision", job_id="j-old")
+    rechecked = policy.recheck(decide(agent()), fresh, held=jobs, now=NOW, limits=LIMITS)
+    assert rechecked.outcome is Outcome.TIMED_OUT
+
+
+@pytest.mark.parametrize(
+    ("result", "text"),
+    [
+        (
+            JobResult("j", "complete", provision_status=0),
+            "seen ended 3h 12m after its timeout, provision_status 0",
+        ),
+        (
+            JobResult("j", "complete", provision_status=46),
+            "seen ended 3h 12m after its timeout, provision_status 46 (device recovery failed;"
+            " the agent set itself offline)",
+        ),
+        (JobResult("j", "cancelled"), "cancelled before its provisioning started"),
+        (
+            JobResult("j", "complete"),
+            "seen ended 3h 12m after its timeout, without a provision status"
+            " (provisioning never ran)",
+        ),
+    ],
+)
+def test_a_late_result_says_what_became_of_the_job(result: JobResult, text: str) -> None:
+    """A job that ends after its check timed out gets its late result in words."""
+    assert policy.late_result(result, timedelta(hours=3, minutes=12)) == text
 
 
 @pytest.mark.parametrize(
