@@ -1,10 +1,11 @@
 """The `rackwatch` command: parses arguments, builds the parts, prints, and maps errors to exit codes.
 
 This is the only module that prints. Exit codes follow sysexits where one fits:
-0 all good, 1 a check failed (for `status --unhealthy`: something needs a person), 2 usage,
-66 the state file cannot be read (EX_NOINPUT), 69 a rack could not be checked
-(EX_UNAVAILABLE), 73 the state file cannot be created (EX_CANTCREAT), 78 bad configuration
-(EX_CONFIG), 130 interrupted.
+0 all good (for `run`: stopped by a signal), 1 a check failed (for `status --unhealthy`:
+something needs a person), 2 usage, 66 the state file cannot be read (EX_NOINPUT), 69 a rack
+could not be checked (EX_UNAVAILABLE), 73 the state file cannot be created (EX_CANTCREAT), 74
+the daemon's state file was lost or stays unusable (EX_IOERR), 75 another rackwatch process is
+checking the rack (EX_TEMPFAIL), 78 bad configuration (EX_CONFIG), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from rackwatch.check import Checker, CheckPlan, RackReport, Tally, utc_now
 from rackwatch.clients import RetryPolicy, check_rack_name, connect
 from rackwatch.clients._http import make_session
 from rackwatch.config import Settings, StateSettings, load_settings, load_state_settings
-from rackwatch.errors import ConfigError, StoreError, UpstreamError, UsageError
+from rackwatch.errors import ConfigError, RackHeldError, StoreError, UpstreamError, UsageError
 from rackwatch.health import AgentHealth
+from rackwatch.locks import RackLocks
 from rackwatch.schedule import next_check
 from rackwatch.store import Store
 
@@ -34,6 +36,7 @@ EXIT_USAGE = 2
 EXIT_NOINPUT = 66
 EXIT_UNAVAILABLE = 69
 EXIT_CANTCREAT = 73
+EXIT_TEMPFAIL = 75
 EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
 
@@ -49,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except StoreError as exc:
         return _fail(f"state file: {exc}", EXIT_CANTCREAT)
+    except RackHeldError as exc:
+        return _fail(f"{exc}; try again later, or use --wait", EXIT_TEMPFAIL)
     return code
 
 
@@ -67,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check every configured rack on its schedule, until stopped (the systemd service)",
         "rackwatch run --config /etc/rackwatch/config.toml",
     )
+    _explain(run, RUN_HELP)
     _config_option(run)
     _log_options(run)
     run.set_defaults(handler=cmd_run)
@@ -77,11 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
         "check racks once and wait for every job",
         "rackwatch run-once tor3-a --config ./rackwatch.toml",
     )
+    _explain(run_once, RUN_ONCE_HELP)
     run_once.add_argument("racks", nargs="*", metavar="RACK", help="default: every configured rack")
     _config_option(run_once)
     run_once.add_argument("--json", action="store_true", help="print the results as JSON")
     run_once.add_argument(
         "--dry-run", action="store_true", help="submit nothing; report 'ready' where a job would go"
+    )
+    run_once.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for racks another rackwatch is checking, instead of exiting 75",
     )
     _log_options(run_once)
     run_once.set_defaults(handler=cmd_run_once)
@@ -100,13 +112,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RUN_HELP = """\
+Check every configured rack every schedule.interval, until stopped: the systemd service.
+SIGTERM or SIGINT stops it, leaving the jobs in flight recorded for the next start (a second
+signal exits at once, with 128 + its number); SIGHUP re-reads the configuration.
+
+Each cycle of a rack holds the rack's lock (a file in <state_file>.locks/), so that no other
+rackwatch checks the rack meanwhile. A rack that another process holds (a run-once) is checked
+as soon as that process lets it go.
+
+The daemon exits when its state file is deleted or replaced under it, and when 3 cycles in a
+row fail on the file (disk full, a corrupt file), so that a restart opens it afresh; systemd
+restarts it.
+
+Exits 0 when stopped by a signal; 73 when the state file cannot be created at start; 74 when
+the state file was lost or stays unusable; 78 on a configuration error."""
+
+RUN_ONCE_HELP = """\
+Check the named racks (default: every configured rack) together, once, and wait for every
+job. Prints a table per rack and a summary line; --json prints the same as data.
+
+Only one rackwatch process checks a rack at a time: run-once first takes the lock of every rack
+it checks (a file in <state_file>.locks/). When another rackwatch (the daemon, or another
+run-once) is checking one of them, it exits 75 at once, naming that process, and submits
+nothing; with --wait it waits until the racks are free instead. --dry-run takes no lock: it
+submits nothing and records nothing.
+
+Exits 0 when every checked agent passed (skips are not failures); 1 when at least one check
+failed, timed out or ended in error; 2 on a usage error; 69 when a rack could not be checked
+(MAAS or Testflinger unreachable, credentials refused, unknown tag); 73 when the state file
+cannot be created; 75 when another rackwatch is checking a rack; 78 on a configuration error;
+130 when interrupted (the jobs stay recorded for the next run)."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rackwatch.daemon import Daemon
 
     settings = load_settings(args.config)
     _configure_logs(args, settings, default="info")
     daemon = Daemon(settings, config_path=args.config)
-    return asyncio.run(daemon.serve())
+    code = asyncio.run(daemon.serve())
+    if daemon.failure is not None:
+        return _fail(daemon.failure, code)
+    return code
 
 
 def cmd_run_once(args: argparse.Namespace) -> int:
@@ -124,6 +172,22 @@ def cmd_run_once(args: argparse.Namespace) -> int:
             state_file = scratch / "dry-run.db"
         else:
             state_file = settings.state_file
+            waited: list[str] = []
+
+            def waiting(rack: str, holder: str) -> None:
+                waited.append(rack)
+                print(
+                    f"rackwatch: waiting for rack {rack!r}, which another rackwatch is checking"
+                    f" ({holder})",
+                    file=sys.stderr,
+                )
+
+            locks = RackLocks(state_file, "run-once")
+            try:
+                stack.enter_context(locks.hold(racks, wait=args.wait, on_wait=waiting))
+            except KeyboardInterrupt:
+                what = f" for rack {waited[-1]!r}" if waited else ""
+                return _fail(f"stopped waiting{what}; nothing was checked", EXIT_INTERRUPTED)
         try:
             reports = _run_cycle(settings, racks, state_file, dry_run=args.dry_run)
         except KeyboardInterrupt:

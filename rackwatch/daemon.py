@@ -2,8 +2,15 @@
 
 APScheduler 3 fires one job per rack every `schedule.interval`; the job only starts the rack's
 cycle as a task of ours, so that a rack never runs twice at once and a stop can leave every
-in-flight job recorded for the next start. Signals only set flags (uvicorn's pattern):
-SIGTERM/SIGINT stop, a second one exits at once, SIGHUP re-reads the configuration.
+in-flight job recorded for the next start. Each cycle holds the rack's lock (`rackwatch.locks`)
+while it runs, so that no other rackwatch process checks the rack meanwhile; a rack another
+process holds is waited for, and the waiting counts as the rack's running cycle. Signals only
+set flags (uvicorn's pattern): SIGTERM/SIGINT stop, a second one exits at once, SIGHUP re-reads
+the configuration.
+
+The daemon never carries on with a state file it cannot trust: when the file is deleted or
+replaced under it, or when `STORE_FAILURES_TO_EXIT` cycles in a row fail on it, it stops and
+`serve` answers `EXIT_IOERR`, so that systemd restarts it on a file opened afresh.
 
 The daemon tells systemd how it is doing through sd_notify: READY=1, WATCHDOG=1, STOPPING=1
 and a STATUS= line.
@@ -27,12 +34,18 @@ from rackwatch import alerts
 from rackwatch.check import Checker, CheckPlan, RackReport
 from rackwatch.clients import RetryPolicy, connect
 from rackwatch.config import Settings, load_settings
-from rackwatch.errors import ConfigError
+from rackwatch.errors import ConfigError, StoreError
+from rackwatch.locks import Lease, RackLocks
 from rackwatch.metrics import MetricsEndpoint, start_metrics
 from rackwatch.schedule import next_check
 from rackwatch.store import Store
 
 log = structlog.get_logger("rackwatch.daemon")
+
+EXIT_IOERR = 74  # EX_IOERR: the state file was lost or stays unusable
+STORE_FAILURES_TO_EXIT = 3  # cycles in a row ending with a StoreError
+STATE_FILE_CHECK_S = 2.0  # how often the state file is looked at, besides before each cycle
+HELD_RACK_POLL_S = 1.0  # how often a rack another process holds is tried again
 
 
 def sd_notify(*states: str) -> bool:
@@ -78,11 +91,17 @@ class Daemon:
         self._retry = retry
         self._clock = clock
         self._limiter = asyncio.Semaphore(settings.check.concurrency)
+        self._locks = RackLocks(settings.state_file, "run")
         self._cycles: dict[str, asyncio.Task[None]] = {}
+        self._waiting: set[str] = set()  # racks whose cycle waits for another process to let go
         self._last: dict[str, RackReport] = {}
         self._stop = asyncio.Event()
         self._signals = 0
         self._store: Store | None = None
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened state file
+        self._store_failures = 0  # cycles in a row that ended with a StoreError
+        self._code = 0
+        self.failure: str | None = None  # why the daemon exits with EXIT_IOERR, in one line
         self._metrics: MetricsEndpoint | None = None  # /metrics and /healthz, when configured
         self._deliveries: set[asyncio.Task[None]] = set()  # alert deliveries in flight
         self._delivery_lock = asyncio.Lock()
@@ -92,13 +111,15 @@ class Daemon:
         )
 
     async def serve(self) -> int:
-        """Run until stopped; the exit code."""
+        """Run until stopped; the exit code: 0, or EXIT_IOERR with `failure` saying why."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
-        with Store.open(self.settings.state_file) as store:
+        state_file = self.settings.state_file
+        with Store.open(state_file) as store:
             self._store = store
+            self._file_id = _file_id(state_file)
             if (address := self.settings.metrics.address) is not None:
                 self._metrics = await start_metrics(
                     store,
@@ -111,9 +132,10 @@ class Daemon:
             log.info("daemon.started", racks=self.settings.racks, pid=os.getpid())
             sd_notify("READY=1", f"STATUS={self._status()}")
             watchdog = asyncio.create_task(self._watchdog())
+            watch = asyncio.create_task(self._watch_state_file())
             await self._stop.wait()
-            await self._shutdown(watchdog)
-        return 0
+            await self._shutdown(watchdog, watch)
+        return self._code
 
     def stop(self) -> None:
         self._stop.set()
@@ -155,6 +177,9 @@ class Daemon:
         """The scheduler's job: start the rack's cycle unless it is still running."""
         if self._stop.is_set():
             return
+        if rack in self._waiting:
+            log.info("cycle.skipped", rack=rack, reason="still waiting for another rackwatch")
+            return
         if rack in self._cycles:
             log.warning("cycle.skipped", rack=rack, reason="the previous cycle is still running")
             return
@@ -163,27 +188,115 @@ class Daemon:
         task.add_done_callback(lambda _: self._cycles.pop(rack, None))
 
     async def _cycle(self, rack: str, settings: Settings) -> None:
+        """One cycle of the rack, holding its lock from before the first request to the end."""
         assert self._store is not None
         try:
-            async with connect(settings, self._retry, limiter=self._limiter) as clients:
-                checker = Checker(
-                    maas=clients.maas,
-                    testflinger=clients.testflinger,
-                    store=self._store,
-                    plan=CheckPlan.from_settings(settings),
-                    clock=self._clock,
-                )
-                [report] = await checker.run([rack])
+            with await self._hold(rack):
+                if not self._state_file_ok():
+                    return
+                async with connect(settings, self._retry, limiter=self._limiter) as clients:
+                    checker = Checker(
+                        maas=clients.maas,
+                        testflinger=clients.testflinger,
+                        store=self._store,
+                        plan=CheckPlan.from_settings(settings),
+                        clock=self._clock,
+                    )
+                    [report] = await checker.run([rack])
         except asyncio.CancelledError:
             raise
+        except StoreError as exc:
+            self._store_failed(rack, exc)
+            return
         except Exception:
             # A cycle must never take the daemon down; the next one will try again.
             log.exception("cycle.crashed", rack=rack)
             return
+        self._store_failures = 0
         self._last[rack] = report
         sd_notify(f"STATUS={self._status()}")
         if settings.alerts.webhook_url.get_secret_value():
             self._start_alert_delivery(settings)
+
+    async def _hold(self, rack: str) -> Lease:
+        """The rack's lock; while another process holds it, the wait is the rack's cycle."""
+        lease = self._locks.try_hold(rack)
+        if lease is not None:
+            return lease
+        self._waiting.add(rack)
+        sd_notify(f"STATUS={self._status()}")
+
+        def held(holder: str) -> None:
+            log.info("rack.held", rack=rack, holder=holder)
+
+        try:
+            lease = await self._locks.hold_waiting(rack, poll_s=HELD_RACK_POLL_S, on_held=held)
+        finally:
+            self._waiting.discard(rack)
+        log.info("rack.freed", rack=rack)
+        return lease
+
+    # -- the state file ---------------------------------------------------------------------
+
+    async def _watch_state_file(self) -> None:
+        """Look at the state file every few seconds, also in the middle of a cycle."""
+        while True:
+            await asyncio.sleep(STATE_FILE_CHECK_S)
+            if not self._state_file_ok():
+                return
+
+    def _state_file_ok(self) -> bool:
+        """Whether the daemon can go on with its state file.
+
+        The first time the file is found gone or replaced, this logs it and stops the daemon.
+        Once the daemon exits for its state file (lost or unusable), always False.
+        """
+        if self.failure is not None:
+            return False
+        path = self.settings.state_file
+        try:
+            file_id = _file_id(path)
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError as exc:
+            what = f"made unreachable ({exc.strerror})"
+        else:
+            if file_id == self._file_id:
+                return True
+            what = "replaced by another file"
+        log.error("daemon.state_file_lost", state_file=str(path), what=what)
+        self._exit(
+            f"state file {path} was {what} while the daemon ran;"
+            " exiting so that a restart opens it afresh"
+        )
+        return False
+
+    def _store_failed(self, rack: str, exc: StoreError) -> None:
+        """A cycle ended with a StoreError: log it, and exit when it keeps happening."""
+        self._store_failures += 1
+        log.error(
+            "cycle.store_failed", rack=rack, error=str(exc), failures_in_a_row=self._store_failures
+        )
+        if not self._state_file_ok() or self._store_failures < STORE_FAILURES_TO_EXIT:
+            return
+        path = self.settings.state_file
+        error = str(exc).removeprefix(f"state file {path}: ")
+        log.error(
+            "daemon.state_file_unusable",
+            state_file=str(path),
+            error=error,
+            failures_in_a_row=self._store_failures,
+        )
+        self._exit(
+            f"state file {path} is unusable, exiting after {self._store_failures} failed cycles"
+            f" in a row: {error}"
+        )
+
+    def _exit(self, failure: str) -> None:
+        """Stop the daemon, which then exits with EXIT_IOERR."""
+        self._code = EXIT_IOERR
+        self.failure = failure
+        self._stop.set()
 
     # -- alerts -----------------------------------------------------------------------------
 
@@ -261,8 +374,10 @@ class Daemon:
             soonest = min(jobs, key=lambda job: job.next_run_time)
             rack = soonest.args[0]
             parts.append(f"next {rack} at {soonest.next_run_time:%H:%M:%S} UTC")
-        if self._cycles:
-            parts.append("checking " + ", ".join(sorted(self._cycles)))
+        if checking := sorted(set(self._cycles) - self._waiting):
+            parts.append("checking " + ", ".join(checking))
+        if self._waiting:
+            parts.append("waiting for " + ", ".join(sorted(self._waiting)))
         if self._last:
             report = max(self._last.values(), key=lambda r: r.cycle.started_at)
             failures = sum(1 for c in report.checks if c.outcome and c.outcome.is_failure)
@@ -272,15 +387,16 @@ class Daemon:
             )
         return "; ".join(parts)
 
-    async def _shutdown(self, watchdog: asyncio.Task[None]) -> None:
+    async def _shutdown(self, *helpers: asyncio.Task[None]) -> None:
         """Stop starting cycles and stop waiting on jobs: they stay recorded for the next start."""
-        sd_notify("STOPPING=1", "STATUS=stopping")
+        sd_notify("STOPPING=1", f"STATUS=stopping{': ' + self.failure if self.failure else ''}")
         self._scheduler.shutdown(wait=False)
-        watchdog.cancel()
+        for helper in helpers:
+            helper.cancel()
         in_flight = list(self._cycles.values())
         for task in in_flight:
             task.cancel()
-        await asyncio.gather(*in_flight, watchdog, return_exceptions=True)
+        await asyncio.gather(*in_flight, *helpers, return_exceptions=True)
         # After the cycles, which start them. Undelivered alerts stay in the outbox.
         deliveries = list(self._deliveries)
         for task in deliveries:
@@ -289,5 +405,21 @@ class Daemon:
         if self._metrics is not None:  # it reads the state file, which closes next
             await self._metrics.stop()
         assert self._store is not None
-        left = len(self._store.unfinished())
-        log.info("daemon.stopped", cycles_interrupted=len(in_flight), jobs_left_recorded=left)
+        left: int | None = None  # unknown when the file is lost or unreadable
+        if self._code != EXIT_IOERR:
+            try:
+                left = len(self._store.unfinished())
+            except StoreError as exc:
+                log.error("daemon.state_file_unreadable", error=str(exc))
+        log.info(
+            "daemon.stopped",
+            cycles_interrupted=len(in_flight),
+            jobs_left_recorded=left,
+            exit_code=self._code,
+        )
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """What tells one file from another at the same path: (st_dev, st_ino)."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rackwatch.locks import RackLocks
 from rackwatch.simlab import Behaviour, Fault, FaultKind, Lab, LabUrls, SimMachine, SimRack
 from rackwatch.store import Store
 from tests.harness import rackwatch, start, until, write_config
@@ -262,3 +265,126 @@ async def test_maas_refusing_the_key_echoes_nothing_into_the_output(tmp_path: Pa
     assert "refused the credentials (401)" in done.out
     assert real_secret not in done.out + done.err
     assert "wrong-secret-given" not in done.out + done.err
+
+
+# One rackwatch per rack: run-once and the rack locks.
+
+
+def _slow_config(setup: Setup) -> Path:
+    """The setup's config with a job timeout that a SLOW agent (3 s of provisioning) stays under."""
+    setup.lab.slow_factor = 10.0
+    setup.config.write_text(setup.config.read_text().replace("job_timeout = 3", "job_timeout = 20"))
+    return setup.config
+
+
+async def test_a_held_rack_makes_run_once_exit_75_at_once_naming_the_holder(setup: Setup) -> None:
+    """Held by another process, the rack is not checked: exit 75, one line, no request, no cycle."""
+    lease = RackLocks(setup.state_file, "run").try_hold("r1")
+    assert lease is not None
+    with lease:
+        done = await rackwatch("run-once", "r1", "--config", str(setup.config))
+    assert done.code == 75
+    assert done.err.splitlines() == [
+        f"rackwatch: rack 'r1' is being checked by another rackwatch ({lease.holder});"
+        " try again later, or use --wait"
+    ]
+    assert f"pid {os.getpid()}, rackwatch run, since " in done.err
+    assert done.out == ""
+    assert setup.lab.requests.total() == 0
+    assert not setup.state_file.exists()  # no cycle written, not even the file created
+
+
+async def test_of_two_run_once_of_one_rack_exactly_one_checks(setup: Setup) -> None:
+    """Started together on a slow agent, one run-once checks the rack and the other exits 75."""
+    config = _slow_config(setup)
+    setup.lab.set_behaviour("r1-m1", Behaviour.SLOW)
+    processes = [await start("run-once", "r1", "--config", str(config)) for _ in range(2)]
+    results = await asyncio.gather(
+        *(asyncio.wait_for(p.communicate(), timeout=60) for p in processes)
+    )
+    codes = [p.returncode for p in processes]
+    assert sorted(c for c in codes if c is not None) == [0, 75], results
+    loser = codes.index(75)
+    [line] = results[loser][1].decode().splitlines()
+    assert "rackwatch run-once, since " in line and f"pid {processes[1 - loser].pid}," in line
+    assert "r1: ok" in results[1 - loser][0].decode()
+    assert len(setup.lab.submissions_for("r1-m1")) == 1
+    with Store.open_readonly(setup.state_file) as store:
+        assert len(store.history("r1-m1")) == 1
+
+
+async def test_run_once_wait_checks_the_rack_once_its_holder_lets_go(setup: Setup) -> None:
+    """--wait names the holder once, submits nothing while it waits, then checks the rack: exit 0."""
+    lease = RackLocks(setup.state_file, "run").try_hold("r1")
+    assert lease is not None
+    process = await start("run-once", "r1", "--wait", "--config", str(setup.config))
+    assert process.stderr is not None
+    line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
+    assert line.decode().strip() == (
+        f"rackwatch: waiting for rack 'r1', which another rackwatch is checking ({lease.holder})"
+    )
+    await asyncio.sleep(1.0)
+    assert process.returncode is None
+    assert setup.lab.requests.total() == 0
+    lease.release()
+    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, err.decode()
+    assert "r1: ok" in out.decode()
+    assert "waiting for rack" not in err.decode()  # said once, before the rest was read
+    assert len(setup.lab.submissions_for("r1-m1")) == 1
+
+
+async def test_ctrl_c_while_waiting_for_a_rack_exits_130_and_checks_nothing(setup: Setup) -> None:
+    """SIGINT during --wait stops waiting: exit 130, a line saying nothing was checked."""
+    lease = RackLocks(setup.state_file, "run").try_hold("r1")
+    assert lease is not None
+    with lease:
+        process = await start("run-once", "--wait", "--config", str(setup.config))
+        assert process.stderr is not None
+        await asyncio.wait_for(process.stderr.readline(), timeout=20)
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(process.communicate(), timeout=10)
+        assert process.returncode == 130
+        assert err.decode().splitlines() == [
+            "rackwatch: stopped waiting for rack 'r1'; nothing was checked"
+        ]
+        assert setup.lab.requests.total() == 0
+        assert lease.held and RackLocks(setup.state_file, "run-once").try_hold("r1") is None
+
+
+async def test_dry_run_takes_no_lock(setup: Setup) -> None:
+    """--dry-run records nothing, so it runs while another process holds the rack."""
+    lease = RackLocks(setup.state_file, "run").try_hold("r1")
+    assert lease is not None
+    with lease:
+        done = await rackwatch("run-once", "--dry-run", "--config", str(setup.config))
+    assert done.code == 0, done.err
+    assert "ready" in done.out
+    assert setup.lab.submissions == []
+
+
+async def test_run_once_and_run_help_list_their_exit_codes() -> None:
+    """run-once --help documents --wait and every exit code the README gives; so does run --help."""
+    run_once = await rackwatch("run-once", "--help")
+    assert run_once.code == 0
+    assert "--wait" in run_once.out
+    text = " ".join(run_once.out.split())
+    exits = text[text.index("Exits ") :]
+    assert re.findall(r"\b(\d+) (?:when|on)\b", exits) == [
+        "0",
+        "1",
+        "2",
+        "69",
+        "73",
+        "75",
+        "78",
+        "130",
+    ]
+    assert "75 when another rackwatch is checking a rack" in exits
+    run = await rackwatch("run", "--help")
+    assert run.code == 0
+    text = " ".join(run.out.split())
+    exits = text[text.index("Exits ") :]
+    assert re.findall(r"\b(\d+) (?:when|on)\b", exits) == ["0", "73", "74", "78"]
+    assert "0 when stopped by a signal" in exits
+    assert "74 when the state file was lost or stays unusable" in exits
