@@ -27,8 +27,8 @@ from rackwatch.clients import RetryPolicy, check_rack_name, connect
 from rackwatch.clients._http import make_session
 from rackwatch.config import Settings, StateSettings, load_settings, load_state_settings
 from rackwatch.errors import ConfigError, RackHeldError, StoreError, UpstreamError, UsageError
-from rackwatch.health import AgentHealth
 from rackwatch.locks import RackLocks
+from rackwatch.model import AgentHealth
 from rackwatch.schedule import next_check
 from rackwatch.store import Store
 

@@ -13,11 +13,9 @@ agents. So is a rack whose MAAS or Testflinger listing failed two cycles in a ro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
-from enum import StrEnum
+from dataclasses import replace
 
-from rackwatch.model import Outcome
+from rackwatch.model import AgentHealth, Fact, Health, Outcome
 
 EXCLUDING = frozenset({Outcome.OFFLINE, Outcome.QUARANTINED, Outcome.STALE, Outcome.NO_QUEUE})
 JUDGED = frozenset({Outcome.PASSED, Outcome.FAILED, Outcome.TIMED_OUT})
@@ -35,37 +33,6 @@ MAAS_TROUBLE = frozenset(
         "Failed to exit rescue mode",
     }
 )
-
-
-class Health(StrEnum):
-    UNKNOWN = "unknown"
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-    EXCLUDED = "excluded"
-
-
-@dataclass(frozen=True, slots=True)
-class Fact:
-    """One recorded check, as far as health is concerned."""
-
-    outcome: Outcome
-    detail: str
-    job_id: str | None
-    at: datetime
-    in_incident: bool = False  # its rack cycle was a rack incident
-
-
-@dataclass(frozen=True, slots=True)
-class AgentHealth:
-    """An agent's health, since when, and why."""
-
-    state: Health
-    since: datetime | None = None
-    reason: str = ""
-    job_id: str | None = None
-
-
-UNKNOWN = AgentHealth(Health.UNKNOWN)
 
 
 def assess(

@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from rackwatch import health
-from rackwatch.health import UNKNOWN, Health
-from rackwatch.store import CycleRecord, HealthChange, Store
+from rackwatch.model import UNKNOWN, Health, HealthChange
+from rackwatch.store import CycleRecord, Store
 
 # Cycles that listed the rack and ran to their end.
 COMPLETE = ("ok", "failures")

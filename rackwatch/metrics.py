@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from rackwatch.errors import ConfigError, StoreError
-from rackwatch.health import Health
+from rackwatch.model import Health
 from rackwatch.store import Store
 
 log = structlog.get_logger("rackwatch.metrics")

@@ -1,6 +1,6 @@
 """Plain domain data: what MAAS and Testflinger told us, and what a check concluded.
 
-Frozen dataclasses and string enums only. This module imports nothing but the standard
+Frozen dataclasses and string enums only, the health of an agent among them. This module imports nothing but the standard
 library, so the decisions in `policy` and every adapter can share it.
 """
 
@@ -115,3 +115,45 @@ class JobDefinition:
     job_id: str
     queue: str
     tags: tuple[str, ...] = ()
+
+
+class Health(StrEnum):
+    """An agent's health state (see `rackwatch.health` for the rules)."""
+
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    EXCLUDED = "excluded"
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One recorded check, as far as health is concerned."""
+
+    outcome: Outcome
+    detail: str
+    job_id: str | None
+    at: datetime
+    in_incident: bool = False  # its rack cycle was a rack incident
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHealth:
+    """An agent's health, since when, and why."""
+
+    state: Health
+    since: datetime | None = None
+    reason: str = ""
+    job_id: str | None = None
+
+
+UNKNOWN = AgentHealth(Health.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    """An agent's health moving from one state to another in a cycle."""
+
+    agent: str
+    before: AgentHealth
+    after: AgentHealth

@@ -15,8 +15,8 @@ from statistics import median
 from typing import Any
 
 from rackwatch.check import RackReport, Tally
-from rackwatch.health import MAAS_TROUBLE, UNKNOWN, AgentHealth, Health
-from rackwatch.model import Outcome
+from rackwatch.health import MAAS_TROUBLE
+from rackwatch.model import UNKNOWN, AgentHealth, Health, Outcome
 from rackwatch.policy import format_age
 from rackwatch.store import AgentState, AgentTrend, CheckRecord, CycleRecord, IncidentRecord
 

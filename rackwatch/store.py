@@ -6,7 +6,7 @@ job is submitted, and a job with no outcome yet is picked up again. The database
 at most one unfinished job per agent.
 
 The store is synchronous; writes in WAL mode take well under a millisecond, so async code calls
-it directly. This module imports only the standard library and `rackwatch.model`/`health`/`errors`.
+it directly. This module imports only the standard library and `rackwatch.model`/`errors`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from rackwatch.errors import StoreError
-from rackwatch.health import AgentHealth, Fact, Health
-from rackwatch.model import Outcome
+from rackwatch.model import AgentHealth, Fact, Health, HealthChange, Outcome
 
 # Step N (counting from 1) brings a database from `user_version` N-1 to N. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -286,15 +285,6 @@ class AlertRecord:
     attempts: int
     delivered_at: datetime | None
     last_error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class HealthChange:
-    """An agent's health moving from one state to another in a cycle."""
-
-    agent: str
-    before: AgentHealth
-    after: AgentHealth
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from rackwatch.alerts import MAX_LINES, deliver_pending, render, send_test
 from rackwatch.clients import RetryPolicy
 from rackwatch.clients._http import make_session
 from rackwatch.errors import UpstreamError
-from rackwatch.health import Health
+from rackwatch.model import Health
 from rackwatch.simlab import Behaviour, Lab, SimMachine, SimRack
 from rackwatch.store import Store
 from tests.harness import Daemon, Harness, LabFactory, rack, rackwatch, until, write_config

@@ -7,16 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rackwatch.health import (
-    UNKNOWN,
-    AgentHealth,
-    Fact,
-    Health,
     assess,
     drift,
     incident_reason,
     is_alerting,
 )
-from rackwatch.model import Outcome
+from rackwatch.model import UNKNOWN, AgentHealth, Fact, Health, Outcome
 
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
 Oc = Outcome

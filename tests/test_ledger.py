@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rackwatch.health import Health
+from rackwatch.model import Health
 from rackwatch.simlab import Behaviour
 from rackwatch.store import Store
 from tests.harness import Harness, LabFactory, rack

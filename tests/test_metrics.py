@@ -16,9 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from rackwatch.errors import ConfigError
-from rackwatch.health import Health
 from rackwatch.metrics import MetricsEndpoint, start_metrics
-from rackwatch.model import Outcome
+from rackwatch.model import Health, Outcome
 from rackwatch.simlab import Behaviour
 from rackwatch.store import Store
 from tests.harness import Daemon, LabFactory, rack, until
