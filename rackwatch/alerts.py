@@ -19,7 +19,7 @@ import asyncio
 import socket
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +43,7 @@ from rackwatch.errors import (
     UpstreamResponseError,
     UpstreamUnavailable,
 )
+from rackwatch.model import utc_now
 from rackwatch.store import Store
 
 log = structlog.get_logger("rackwatch.alerts")
@@ -165,7 +166,7 @@ async def deliver_pending(
     testflinger_url: str | None,
     session: aiohttp.ClientSession,
     retry: RetryPolicy = DELIVERY_RETRY,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    now: Callable[[], datetime] = utc_now,
 ) -> tuple[int, int]:
     """Send the outbox's undelivered alerts, oldest first; (delivered, failed).
 
@@ -214,7 +215,7 @@ async def deliver_outbox(
     *,
     timeout_s: float,
     retry: RetryPolicy = DELIVERY_RETRY,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    now: Callable[[], datetime] = utc_now,
 ) -> tuple[int, int] | None:
     """`deliver_pending` on a session of its own, for at most `timeout_s`; never raises.
 

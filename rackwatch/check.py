@@ -24,7 +24,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
@@ -32,7 +32,15 @@ import structlog
 from rackwatch import ledger, policy
 from rackwatch.config import Settings
 from rackwatch.errors import UpstreamError, UpstreamOutcomeUnknown, UpstreamUnavailable
-from rackwatch.model import ActiveJob, Agent, JobDefinition, JobResult, Machine, Outcome
+from rackwatch.model import (
+    ActiveJob,
+    Agent,
+    JobDefinition,
+    JobResult,
+    Machine,
+    Outcome,
+    utc_now,
+)
 from rackwatch.store import CheckRecord, CycleRecord, Store
 
 log = structlog.get_logger("rackwatch.check")
@@ -57,10 +65,6 @@ class Testflinger(Protocol):
     async def cancel(self, job_id: str) -> bool: ...
     async def active_jobs(self, tag: str) -> list[ActiveJob]: ...
     async def job(self, job_id: str) -> JobDefinition | None: ...
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -118,6 +122,29 @@ class CheckPlan:
             failures_to_unhealthy=settings.health.failures_to_unhealthy,
             incident_ratio=settings.health.rack_incident_ratio,
         )
+
+
+async def run_cycle(
+    settings: Settings,
+    racks: Sequence[str],
+    *,
+    store: Store,
+    maas: Maas,
+    testflinger: Testflinger,
+    dry_run: bool = False,
+    clock: Callable[[], datetime] = utc_now,
+    on_progress: Callable[[Tally], None] | None = None,
+) -> list[RackReport]:
+    """Check the racks once with the configured plan: what run-once, the daemon and tests run."""
+    checker = Checker(
+        maas=maas,
+        testflinger=testflinger,
+        store=store,
+        plan=CheckPlan.from_settings(settings, dry_run=dry_run),
+        clock=clock,
+        on_progress=on_progress,
+    )
+    return await checker.run(racks)
 
 
 class Checker:

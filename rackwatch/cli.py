@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import TextIO, cast
 
 from rackwatch import __version__, alerts, logs, report
-from rackwatch.check import Checker, CheckPlan, RackReport, Tally, utc_now
+from rackwatch.check import Checker, CheckPlan, RackReport, Tally
 from rackwatch.clients import RetryPolicy, check_rack_name, connect
 from rackwatch.clients._http import make_session
 from rackwatch.config import Settings, StateSettings, load_settings, load_state_settings
 from rackwatch.errors import ConfigError, RackHeldError, StoreError, UpstreamError, UsageError
 from rackwatch.locks import RackLocks
-from rackwatch.model import AgentHealth
+from rackwatch.model import AgentHealth, utc_now
 from rackwatch.schedule import next_check
 from rackwatch.store import Store
 

@@ -37,6 +37,7 @@ from rackwatch.config import Settings, load_settings
 from rackwatch.errors import ConfigError, StoreError
 from rackwatch.locks import Lease, RackLocks
 from rackwatch.metrics import MetricsEndpoint, start_metrics
+from rackwatch.model import utc_now
 from rackwatch.schedule import next_check
 from rackwatch.store import Store
 
@@ -84,7 +85,7 @@ class Daemon:
         *,
         config_path: Path | None = None,
         retry: RetryPolicy | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.settings = settings
         self._config_path = config_path

@@ -7,8 +7,13 @@ library, so the decisions in `policy` and every adapter can share it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
+
+
+def utc_now() -> datetime:
+    """The clock every part of rackwatch reads by default; the decisions take `now` instead."""
+    return datetime.now(UTC)
 
 
 class Outcome(StrEnum):
