@@ -31,7 +31,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,17 +149,8 @@ def settled(lab: Lab, state_file: Path) -> bool:
 async def run(kills: int, seed: int, scratch: Path) -> Figures:
     rng = random.Random(seed)  # noqa: S311 - repeatable kill times, no secret
     lab = uniform_lab(RACKS, PER_RACK, provision_seconds=PROVISION_S, pickup_seconds=PICKUP_S)
-    lab.inject(
-        Fault(
-            FaultKind.LATE,
-            "testflinger",
-            path="/v1/job",
-            method="POST",
-            times=None,
-            delay=POST_DELAY_S,
-            serial=True,
-        )
-    )
+    slow = Fault(FaultKind.LATE, "testflinger", "/v1/job", "POST", None, delay=POST_DELAY_S)
+    lab.inject(replace(slow, serial=True))
     duplicates = count_duplicates(lab)
     config, state_file = scratch / "rackwatch.toml", scratch / "state.db"
     async with lab.serve() as urls:

@@ -293,7 +293,7 @@ class Checker:
                 at=finished,
             )
             for event in verdict.events:
-                log.warning("health.changed", **event)
+                log.warning("health.changed", **event.to_json())
         log.info(
             "cycle.finished",
             rack=rack,

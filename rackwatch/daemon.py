@@ -8,6 +8,10 @@ process holds is waited for, and the waiting counts as the rack's running cycle.
 set flags (uvicorn's pattern): SIGTERM/SIGINT stop, a second one exits at once, SIGHUP re-reads
 the configuration.
 
+The daemon has one HTTP session for its whole life. Its MAAS and Testflinger clients are built
+once over it, and built again only when a reload changes their settings; cycles in flight go on
+with the clients they started with. Alert deliveries share the session too.
+
 The daemon never carries on with a state file it cannot trust: when the file is deleted or
 replaced under it, or when `STORE_FAILURES_TO_EXIT` cycles in a row fail on it, it stops and
 `serve` answers `EXIT_IOERR`, so that systemd restarts it on a file opened afresh.
@@ -26,13 +30,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from rackwatch import alerts
-from rackwatch.check import Checker, CheckPlan, RackReport
-from rackwatch.clients import RetryPolicy, connect
+from rackwatch.check import RackReport, run_cycle
+from rackwatch.clients import Clients, RetryPolicy, make_clients, make_session
 from rackwatch.config import Settings, load_settings
 from rackwatch.errors import ConfigError, StoreError
 from rackwatch.locks import Lease, RackLocks
@@ -77,7 +82,7 @@ def watchdog_interval() -> float | None:
 
 
 class Daemon:
-    """Owns the scheduler, the state file and the cycles in flight."""
+    """Owns the scheduler, the state file, the HTTP session and the cycles in flight."""
 
     def __init__(
         self,
@@ -99,6 +104,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._signals = 0
         self._store: Store | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: Clients | None = None  # built over the session, from `settings`
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened state file
         self._store_failures = 0  # cycles in a row that ended with a StoreError
         self._code = 0
@@ -119,27 +126,38 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         state_file = self.settings.state_file
         with Store.open(state_file) as store:
-            self._store = store
-            self._file_id = _file_id(state_file)
-            if (address := self.settings.metrics.address) is not None:
-                self._metrics = await start_metrics(
-                    store,
-                    address,
-                    is_running=lambda: self._scheduler.running and not self._stop.is_set(),
-                    racks=lambda: self.settings.racks,
-                )
-            self._schedule_all()
-            self._scheduler.start()
-            log.info("daemon.started", racks=self.settings.racks, pid=os.getpid())
-            sd_notify("READY=1", f"STATUS={self._status()}")
-            watchdog = asyncio.create_task(self._watchdog())
-            watch = asyncio.create_task(self._watch_state_file())
-            await self._stop.wait()
-            await self._shutdown(watchdog, watch)
+            # Closed once `_shutdown` has cancelled the cycles and deliveries that use it.
+            async with make_session() as session:
+                self._store = store
+                self._session = session
+                self._connect()
+                self._file_id = _file_id(state_file)
+                if (address := self.settings.metrics.address) is not None:
+                    self._metrics = await start_metrics(
+                        store,
+                        address,
+                        is_running=lambda: self._scheduler.running and not self._stop.is_set(),
+                        racks=lambda: self.settings.racks,
+                    )
+                self._schedule_all()
+                self._scheduler.start()
+                log.info("daemon.started", racks=self.settings.racks, pid=os.getpid())
+                sd_notify("READY=1", f"STATUS={self._status()}")
+                watchdog = asyncio.create_task(self._watchdog())
+                watch = asyncio.create_task(self._watch_state_file())
+                await self._stop.wait()
+                await self._shutdown(watchdog, watch)
         return self._code
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _connect(self) -> None:
+        """Build the clients from `settings`, over the one session and the shared limiter."""
+        if self._session is None:  # a reload before serve() opened it: serve() builds them
+            return
+        retry = self._retry or RetryPolicy.DEFAULT
+        self._clients = make_clients(self.settings, self._session, retry, limiter=self._limiter)
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -184,26 +202,27 @@ class Daemon:
         if rack in self._cycles:
             log.warning("cycle.skipped", rack=rack, reason="the previous cycle is still running")
             return
-        task = asyncio.create_task(self._cycle(rack, self.settings), name=f"cycle {rack}")
+        assert self._clients is not None
+        cycle = self._cycle(rack, self.settings, self._clients)
+        task = asyncio.create_task(cycle, name=f"cycle {rack}")
         self._cycles[rack] = task
         task.add_done_callback(lambda _: self._cycles.pop(rack, None))
 
-    async def _cycle(self, rack: str, settings: Settings) -> None:
+    async def _cycle(self, rack: str, settings: Settings, clients: Clients) -> None:
         """One cycle of the rack, holding its lock from before the first request to the end."""
         assert self._store is not None
         try:
             with await self._hold(rack):
                 if not self._state_file_ok():
                     return
-                async with connect(settings, self._retry, limiter=self._limiter) as clients:
-                    checker = Checker(
-                        maas=clients.maas,
-                        testflinger=clients.testflinger,
-                        store=self._store,
-                        plan=CheckPlan.from_settings(settings),
-                        clock=self._clock,
-                    )
-                    [report] = await checker.run([rack])
+                [report] = await run_cycle(
+                    settings,
+                    [rack],
+                    store=self._store,
+                    maas=clients.maas,
+                    testflinger=clients.testflinger,
+                    clock=self._clock,
+                )
         except asyncio.CancelledError:
             raise
         except StoreError as exc:
@@ -313,9 +332,11 @@ class Daemon:
         async with self._delivery_lock:
             await alerts.deliver_outbox(
                 self._store,
-                settings,
+                settings.alerts,
+                testflinger_url=settings.testflinger.url,
                 timeout_s=alerts.DAEMON_DELIVERY_TIMEOUT_S,
-                retry=self._retry or alerts.DELIVERY_RETRY,
+                session=self._session,
+                retry=self._retry or RetryPolicy.DELIVERY,
                 now=self._clock,
             )
 
@@ -339,8 +360,11 @@ class Daemon:
         for key in ("state_file", "metrics"):
             if getattr(settings, key) != getattr(old, key):
                 log.warning("daemon.restart_needed", reason=f"{key} changes at the next start")
-        if settings.check.concurrency != old.check.concurrency:
+        limited = settings.check.concurrency != old.check.concurrency
+        if limited:
             self._limiter = asyncio.Semaphore(settings.check.concurrency)
+        if limited or (settings.maas, settings.testflinger) != (old.maas, old.testflinger):
+            self._connect()
         for rack in set(old.racks) - set(settings.racks):
             self._scheduler.remove_job(f"check:{rack}")
         if settings.schedule != old.schedule:

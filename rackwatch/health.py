@@ -8,12 +8,18 @@ timed out, and `excluded` while it cannot be checked (offline, quarantined, stal
 A rack cycle in which a large share of the checked agents fail is a rack incident (a switch,
 power or the MAAS images, rather than the machines): its failures do not count against the
 agents. So is a rack whose MAAS or Testflinger listing failed two cycles in a row.
+
+The rules that read health are here too: what needs a person, how the inventory around a
+machine drifts, and when a machine's provisioning has slowed down. `status` applies them and
+`render` prints what they found. This module imports only `model` and the standard library.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from enum import StrEnum
+from statistics import median
 
 from rackwatch.model import AgentHealth, Fact, Health, Outcome
 
@@ -33,6 +39,13 @@ MAAS_TROUBLE = frozenset(
         "Failed to exit rescue mode",
     }
 )
+# Excluded for these, an agent is out of service by its own failure.
+OWN_FAILURES = frozenset({Outcome.STALE, Outcome.QUARANTINED})
+
+# A latest pass this many times the median of the latest passes is flagged: a machine whose
+# provisioning slows down is degrading before it fails. Fewer passes make no median to trust.
+SLOWER_RATIO = 2.0
+SLOWER_MIN_PASSES = 3
 
 
 def assess(
@@ -62,12 +75,65 @@ def assess(
 
 
 def _become(current: AgentHealth, state: Health, fact: Fact) -> AgentHealth:
-    reason = str(fact.outcome) + (f": {fact.detail}" if fact.detail else "")
+    reason = _reason(fact)
     if current.state is state:
         if state is Health.EXCLUDED and current.reason != reason:
-            return replace(current, reason=reason, job_id=fact.job_id)
+            return replace(current, reason=reason, job_id=fact.job_id, outcome=fact.outcome)
         return current
-    return AgentHealth(state, since=fact.at, reason=reason, job_id=fact.job_id)
+    return AgentHealth(
+        state, since=fact.at, reason=reason, job_id=fact.job_id, outcome=fact.outcome
+    )
+
+
+def _reason(fact: Fact) -> str:
+    return str(fact.outcome) + (f": {fact.detail}" if fact.detail else "")
+
+
+def with_outcome(health: AgentHealth, facts: Iterable[Fact]) -> AgentHealth:
+    """`health` with the outcome of the check that gave its reason, when that is not known.
+
+    A state file keeps a health's reason, not its outcome. The check is found among `facts`
+    (the agent's checks, newest first) as one that gives that very reason, which names its
+    outcome. `health` is returned as it is when no fact gives its reason.
+    """
+    if health.outcome is not None or not health.reason:
+        return health
+    for fact in facts:
+        if _reason(fact) == health.reason:
+            return replace(health, outcome=fact.outcome)
+    return health
+
+
+def needs_a_person(health: AgentHealth, maas_status: str | None) -> bool:
+    """Unhealthy; out of service by its own failure; or its machine is broken by MAAS's account.
+
+    An agent that took itself offline (a failed device recovery), one gone stale, and one
+    quarantined for its fail streak need a person. One an admin took offline or put in
+    maintenance does not, nor one without a queue of its own: rackwatch cannot check it, but
+    it serves jobs. `maas_status` is its machine's MAAS status at its latest check.
+    """
+    if health.state is Health.UNHEALTHY:
+        return True
+    if health.state is Health.EXCLUDED and _is_own_failure(health):
+        return True
+    return maas_status in MAAS_TROUBLE
+
+
+def _is_own_failure(health: AgentHealth) -> bool:
+    # A Testflinger agent whose device recovery failed sets itself offline with a comment
+    # saying so ("... Recovery failed during job ..."), which the offline reason quotes.
+    return health.outcome in OWN_FAILURES or "recovery failed" in health.reason.casefold()
+
+
+def slowdown(provision_s: Sequence[float]) -> float | None:
+    """How many times the median the latest pass took (newest first), if SLOWER_RATIO or more."""
+    if len(provision_s) < SLOWER_MIN_PASSES:
+        return None
+    middle = median(provision_s)
+    if middle <= 0:
+        return None
+    ratio = provision_s[0] / middle
+    return ratio if ratio >= SLOWER_RATIO else None
 
 
 def is_alerting(before: Health, after: Health) -> bool:
@@ -102,16 +168,38 @@ def incident_reason(
     return None
 
 
+class DriftKind(StrEnum):
+    """A way the inventory around one machine differs from a lab whose every machine is checked."""
+
+    MAAS = "maas"  # MAAS itself marks the machine broken or failed
+    NO_AGENT = "no_agent"  # a machine of the rack with no Testflinger agent
+    STALE = "stale"  # its agent went silent
+
+
+def drift_kinds(outcome: Outcome | None, maas_status: str | None) -> frozenset[DriftKind]:
+    """How the inventory around one machine drifts, by its latest outcome and MAAS status."""
+    kinds: set[DriftKind] = set()
+    if maas_status in MAAS_TROUBLE:
+        kinds.add(DriftKind.MAAS)
+    if outcome is Outcome.NO_AGENT:
+        kinds.add(DriftKind.NO_AGENT)
+    if outcome is Outcome.STALE:
+        kinds.add(DriftKind.STALE)
+    return frozenset(kinds)
+
+
 def drift(outcome: Outcome, maas_status: str | None) -> str | None:
     """What is wrong with the inventory around one machine, or None.
 
     A machine with no agent, an agent gone silent, or a machine MAAS itself marks as broken or
-    failed: things a test run would trip over that no provisioning job reports.
+    failed: things a test run would trip over that no provisioning job reports. Where more
+    than one holds, MAAS's word comes first, then a missing agent.
     """
-    if maas_status in MAAS_TROUBLE:
+    kinds = drift_kinds(outcome, maas_status)
+    if DriftKind.MAAS in kinds:
         return f"MAAS marks the machine {maas_status}"
-    if outcome is Outcome.NO_AGENT:
+    if DriftKind.NO_AGENT in kinds:
         return "a machine of the rack with no Testflinger agent"
-    if outcome is Outcome.STALE:
+    if DriftKind.STALE in kinds:
         return "its agent went stale"
     return None

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from rackwatch import health
-from rackwatch.model import UNKNOWN, Health, HealthChange
+from rackwatch.model import UNKNOWN, Alert, AlertEvent, EventKind, Health, HealthChange
 from rackwatch.store import CycleRecord, Store
 
 # Cycles that listed the rack and ran to their end.
@@ -26,7 +25,7 @@ class Verdict:
     """What a cycle changed: health transitions and the rack's incident, as alert events."""
 
     changes: list[HealthChange]
-    events: list[dict[str, Any]]
+    events: list[AlertEvent]
     incident: str | None  # the reason, while the cycle is part of an incident
 
 
@@ -57,12 +56,13 @@ def settle(
     if reason is not None and open_incident is not None:
         store.mark_cycle_incident(cycle.id, open_incident.id)
 
-    events: list[dict[str, Any]] = []
+    events: list[AlertEvent] = []
     if opened is not None:
-        events.append(_event(cycle, "incident_opened", reason=opened))
+        events.append(AlertEvent(EventKind.INCIDENT_OPENED, cycle.rack, reason=opened))
     if closed:
         assert open_incident is not None
-        events.append(_event(cycle, "incident_closed", reason=f"over: {open_incident.reason}"))
+        over = f"over: {open_incident.reason}"
+        events.append(AlertEvent(EventKind.INCIDENT_CLOSED, cycle.rack, reason=over))
 
     recorded = store.health(cycle.rack)
     changes: list[HealthChange] = []
@@ -77,11 +77,11 @@ def settle(
             continue
         changes.append(HealthChange(agent, before, after))
         if health.is_alerting(before.state, after.state):
-            kind = "recovered" if after.state is Health.HEALTHY else "unhealthy"
+            healthy = after.state is Health.HEALTHY
             events.append(
-                _event(
-                    cycle,
-                    kind,
+                AlertEvent(
+                    EventKind.RECOVERED if healthy else EventKind.UNHEALTHY,
+                    cycle.rack,
                     agent=agent,
                     before=str(before.state),
                     after=str(after.state),
@@ -91,7 +91,7 @@ def settle(
             )
 
     events += _new_drift(store, cycle)
-    alert = {"rack": cycle.rack, "cycle_id": cycle.id, "events": events} if events else None
+    alert = Alert(cycle.rack, cycle.id, tuple(events)).to_json() if events else None
     store.record_health(
         cycle,
         changes=changes,
@@ -103,7 +103,7 @@ def settle(
     return Verdict(changes, events, reason)
 
 
-def _new_drift(store: Store, cycle: CycleRecord) -> list[dict[str, Any]]:
+def _new_drift(store: Store, cycle: CycleRecord) -> list[AlertEvent]:
     """Drift that this cycle found and the rack's previous complete cycle did not."""
     previous = store.last_cycle(cycle.rack, before=cycle, statuses=COMPLETE)
     before = store.inventory(previous.id) if previous is not None else {}
@@ -111,26 +111,5 @@ def _new_drift(store: Store, cycle: CycleRecord) -> list[dict[str, Any]]:
     for agent, (outcome, maas_status) in sorted(store.inventory(cycle.id).items()):
         now = health.drift(outcome, maas_status)
         if now is not None and (agent not in before or health.drift(*before[agent]) != now):
-            events.append(_event(cycle, "drift", agent=agent, reason=now))
+            events.append(AlertEvent(EventKind.DRIFT, cycle.rack, agent=agent, reason=now))
     return events
-
-
-def _event(
-    cycle: CycleRecord,
-    kind: str,
-    *,
-    reason: str,
-    agent: str | None = None,
-    before: str | None = None,
-    after: str | None = None,
-    job_id: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "rack": cycle.rack,
-        "agent": agent,
-        "from": before,
-        "to": after,
-        "reason": reason,
-        "job_id": job_id,
-    }

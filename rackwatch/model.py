@@ -6,9 +6,11 @@ library, so the decisions in `policy` and every adapter can share it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 
 def utc_now() -> datetime:
@@ -150,6 +152,9 @@ class AgentHealth:
     since: datetime | None = None
     reason: str = ""
     job_id: str | None = None
+    # The outcome of the check that gave the reason; None where not known: a state file keeps
+    # the reason only (see `rackwatch.health.with_outcome`).
+    outcome: Outcome | None = None
 
 
 UNKNOWN = AgentHealth(Health.UNKNOWN)
@@ -162,3 +167,92 @@ class HealthChange:
     agent: str
     before: AgentHealth
     after: AgentHealth
+
+
+class EventKind(StrEnum):
+    """What an alert event announces."""
+
+    UNHEALTHY = "unhealthy"
+    RECOVERED = "recovered"
+    INCIDENT_OPENED = "incident_opened"
+    INCIDENT_CLOSED = "incident_closed"
+    DRIFT = "drift"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One change to announce: an agent's health, the rack's incident, or drift.
+
+    `kind` is plain text only for a kind this rackwatch does not know, read back from an outbox
+    that a later rackwatch left behind. `before` and `after` are an agent's health states.
+    """
+
+    kind: EventKind | str
+    rack: str
+    reason: str = ""
+    agent: str | None = None
+    before: str | None = None
+    after: str | None = None
+    job_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as the outbox stores it, the webhook receives it and the log shows it."""
+        return {
+            "kind": str(self.kind),
+            "rack": self.rack,
+            "agent": self.agent,
+            "from": self.before,
+            "to": self.after,
+            "reason": self.reason,
+            "job_id": self.job_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AlertEvent:
+        """The event that `to_json` gave `data`."""
+        return cls(
+            kind=_event_kind(str(data.get("kind"))),
+            rack=str(data.get("rack") or ""),
+            reason=str(data.get("reason") or ""),
+            agent=_text_or_none(data.get("agent")),
+            before=_text_or_none(data.get("from")),
+            after=_text_or_none(data.get("to")),
+            job_id=_text_or_none(data.get("job_id")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One rack cycle's events, announced in one message."""
+
+    rack: str
+    cycle_id: int
+    events: tuple[AlertEvent, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The alert's body in the outbox."""
+        return {
+            "rack": self.rack,
+            "cycle_id": self.cycle_id,
+            "events": [event.to_json() for event in self.events],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Alert:
+        """The alert that `to_json` gave `data`."""
+        return cls(
+            rack=str(data.get("rack") or ""),
+            cycle_id=int(data.get("cycle_id") or 0),
+            events=tuple(AlertEvent.from_json(event) for event in data.get("events") or ()),
+        )
+
+
+def _event_kind(text: str) -> EventKind | str:
+    try:
+        return EventKind(text)
+    except ValueError:
+        return text
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

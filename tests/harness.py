@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rackwatch.check import Checker, CheckPlan, RackReport
+from rackwatch.check import RackReport, run_cycle
 from rackwatch.clients import RetryPolicy, connect
 from rackwatch.config import Settings
 from rackwatch.simlab import Behaviour, Lab, LabUrls, SimMachine, SimRack
@@ -53,13 +53,14 @@ class Harness:
         settings = self.settings(**overrides)
         with Store.open(self.state_file) as store:
             async with connect(settings, FAST_RETRY) as clients:
-                checker = Checker(
+                return await run_cycle(
+                    settings,
+                    racks or settings.racks,
+                    store=store,
                     maas=clients.maas,
                     testflinger=clients.testflinger,
-                    store=store,
-                    plan=CheckPlan.from_settings(settings, dry_run=dry_run),
+                    dry_run=dry_run,
                 )
-                return await checker.run(racks or settings.racks)
 
 
 LabFactory = Callable[..., Coroutine[Any, Any, Harness]]
@@ -76,15 +77,28 @@ class Done:
     err: str
 
 
-def write_config(path: Path, lab: Lab, urls: LabUrls, state_file: Path, extra: str = "") -> Path:
+def write_config(
+    path: Path,
+    lab: Lab,
+    urls: LabUrls,
+    state_file: Path,
+    extra: str = "",
+    *,
+    racks: list[str] | None = None,
+    api_key: str | None = None,
+    testflinger: str = "",
+) -> Path:
+    """A configuration of the lab's racks (or `racks`), `extra` ending its [check] section and
+    `testflinger` its [testflinger] section."""
     path.write_text(f"""
-racks = {json.dumps(lab.rack_names)}
+racks = {json.dumps(lab.rack_names if racks is None else racks)}
 state_file = "{state_file}"
 [maas]
 url = "{urls.maas}"
-api_key = "{lab.maas_api_key}"
+api_key = "{lab.maas_api_key if api_key is None else api_key}"
 [testflinger]
 url = "{urls.testflinger}"
+{testflinger}
 [check]
 poll_interval = 0.1
 job_timeout = 3

@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,21 +14,31 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from rackwatch.alerts import MAX_LINES, deliver_pending, render, send_test
-from rackwatch.clients import RetryPolicy
-from rackwatch.clients._http import make_session
+from rackwatch.clients import RetryPolicy, WebhookClient, make_session
+from rackwatch.config import AlertsSettings
 from rackwatch.errors import UpstreamError
-from rackwatch.model import Health
+from rackwatch.model import Alert, Health
 from rackwatch.simlab import Behaviour, Lab, SimMachine, SimRack
 from rackwatch.store import Store
-from tests.harness import Daemon, Harness, LabFactory, rack, rackwatch, until, write_config
+from tests.harness import (
+    FAST_RETRY,
+    Daemon,
+    Harness,
+    LabFactory,
+    rack,
+    rackwatch,
+    until,
+    write_config,
+)
 
 B = Behaviour
 TOKEN = "T0001/B0002/xoxb-a-long-webhook-token-0123456789"
 TF = "https://testflinger.example.com/"
-FAST = RetryPolicy(attempts=2, timeout_s=5.0, wait_initial_s=0.01, wait_max_s=0.02)
+FAST = replace(FAST_RETRY, attempts=2)  # the request counts below are two attempts per alert
 NOW = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 
 
@@ -83,13 +93,14 @@ async def deliver(
     """One delivery run, as the daemon makes after a cycle, on a freshly opened state file."""
     with Store.open(state_file) as store:
         async with make_session() as session:
-            return await deliver_pending(
-                store,
-                webhook_url=hook.url if url is None else url,
-                testflinger_url=TF,
-                session=session,
-                retry=retry,
+            webhook = WebhookClient(
+                webhook_settings(hook.url if url is None else url), session, retry
             )
+            return await deliver_pending(store, webhook, testflinger_url=TF)
+
+
+def webhook_settings(url: str) -> AlertsSettings:
+    return AlertsSettings(webhook_url=SecretStr(url))
 
 
 def event(
@@ -179,7 +190,8 @@ def test_each_event_kind_renders_as_a_summary_and_one_line(
     given: dict[str, Any], summary: str, line: str
 ) -> None:
     """A one-event alert is a summary line naming the rack, then the event's own line."""
-    payload = render({"rack": "tor3-a", "cycle_id": 7, "events": [given]}, testflinger_url=TF)
+    alert = Alert.from_json({"rack": "tor3-a", "cycle_id": 7, "events": [given]})
+    payload = render(alert, testflinger_url=TF)
     assert payload["text"] == f"rackwatch · tor3-a: {summary}\n{line}"
     assert payload["rack"] == "tor3-a"
     assert payload["cycle_id"] == 7
@@ -189,7 +201,7 @@ def test_each_event_kind_renders_as_a_summary_and_one_line(
 
 def test_the_summary_counts_each_kind_of_change() -> None:
     """Two agents falling ill and one recovering read as one sentence over three lines."""
-    payload = render(
+    alert = Alert.from_json(
         {
             "rack": "tor3-a",
             "cycle_id": 1,
@@ -198,9 +210,9 @@ def test_the_summary_counts_each_kind_of_change() -> None:
                 event("unhealthy", "tor3-a-m08", "timed_out: no answer", "j-2"),
                 event("recovered", "tor3-a-m02", "passed", "j-3"),
             ],
-        },
-        testflinger_url=TF,
+        }
     )
+    payload = render(alert, testflinger_url=TF)
     lines = payload["text"].splitlines()
     assert lines[0] == "rackwatch · tor3-a: 2 agents unhealthy, 1 recovered"
     assert [line.split()[1] for line in lines[1:]] == ["tor3-a-m07", "tor3-a-m08", "tor3-a-m02"]
@@ -209,7 +221,7 @@ def test_the_summary_counts_each_kind_of_change() -> None:
 def test_without_a_testflinger_url_the_job_id_is_shown_instead() -> None:
     """No URL to link: the event's url is None and the line names the job id."""
     body = {"rack": "r", "cycle_id": 1, "events": [event("unhealthy", "m1", FAILED, "j-9")]}
-    payload = render(body, testflinger_url=None)
+    payload = render(Alert.from_json(body), testflinger_url=None)
     assert payload["events"][0]["url"] is None
     assert payload["text"].endswith(f"m1 unhealthy: {FAILED} — job j-9")
 
@@ -218,7 +230,7 @@ def test_upstream_text_cannot_become_a_mention_or_a_link() -> None:
     """<, > and & in a reason are escaped, as Slack requires; Mattermost shows them as text."""
     reason = "failed: <!channel> see <http://evil.example|here> & more"
     body = {"rack": "r", "cycle_id": 1, "events": [event("unhealthy", "m1", reason)]}
-    text = render(body, testflinger_url=TF)["text"]
+    text = render(Alert.from_json(body), testflinger_url=TF)["text"]
     assert "<" not in text and ">" not in text
     assert "&lt;!channel&gt; see &lt;http://evil.example|here&gt; &amp; more" in text
 
@@ -226,12 +238,28 @@ def test_upstream_text_cannot_become_a_mention_or_a_link() -> None:
 def test_a_whole_rack_changing_at_once_is_cut_short_but_kept_whole_as_data() -> None:
     """The text stops after MAX_LINES events and says how many more; the events list keeps all."""
     events = [event("recovered", f"m{i:03d}", "passed") for i in range(MAX_LINES + 25)]
-    payload = render({"rack": "big", "cycle_id": 1, "events": events}, testflinger_url=TF)
+    alert = Alert.from_json({"rack": "big", "cycle_id": 1, "events": events})
+    payload = render(alert, testflinger_url=TF)
     lines = payload["text"].splitlines()
     assert len(lines) == 1 + MAX_LINES + 1
     assert lines[0] == f"rackwatch · big: {MAX_LINES + 25} agents recovered"
     assert lines[-1] == "… and 25 more: see rackwatch status big"
     assert len(payload["events"]) == MAX_LINES + 25
+
+
+def test_an_event_kind_of_a_later_rackwatch_is_shown_as_it_came() -> None:
+    """A kind left in the outbox by a later rackwatch is counted as another change, kept as data."""
+    later = event("silenced", "m1", "by an operator")
+    body = {"rack": "r", "cycle_id": 1, "events": [event("unhealthy", "m1", FAILED), later]}
+    alert = Alert.from_json(body)
+    payload = render(alert, testflinger_url=TF)
+    assert payload["text"].splitlines() == [
+        "rackwatch · r: 1 agent unhealthy, 1 other change",
+        f"🔴 m1 unhealthy: {FAILED}",
+        "• m1 silenced: by an operator",
+    ]
+    assert payload["events"][1] == {**later, "url": None}
+    assert alert.to_json() == body
 
 
 # Delivery over real cycles
@@ -390,7 +418,7 @@ async def test_the_webhook_url_never_reaches_a_log_line_or_an_error(
         assert await deliver(state_file, receiver, url=closed) == (0, 1)
         async with make_session() as session:
             with pytest.raises(UpstreamError) as raised:
-                await send_test(receiver.url, session, retry=FAST)
+                await send_test(webhook_settings(receiver.url), session, retry=FAST)
 
     names = [entry["event"] for entry in logs]
     assert names.count("alert.failed") == 2

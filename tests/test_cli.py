@@ -7,16 +7,16 @@ import json
 import os
 import re
 import signal
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from rackwatch import cli
 from rackwatch.locks import RackLocks
 from rackwatch.simlab import Behaviour, Fault, FaultKind, Lab, LabUrls, SimMachine, SimRack
 from rackwatch.store import Store
-from tests.harness import rackwatch, start, until, write_config
+from tests.harness import LabFactory, rackwatch, start, until, write_config
 
 
 @dataclass
@@ -28,18 +28,13 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+async def setup(served: LabFactory, tmp_path: Path) -> Setup:
     b = Behaviour
-    lab = Lab(
-        [SimRack("r1", [SimMachine("r1-m1", b.PASS), SimMachine("r1-m2", b.OFFLINE)])],
-        provision_seconds=0.3,
-        pickup_seconds=0.05,
-    )
-    async with lab.serve() as urls:
-        state_file = tmp_path / "state.db"
-        yield Setup(
-            lab, urls, write_config(tmp_path / "rw.toml", lab, urls, state_file), state_file
-        )
+    rack = SimRack("r1", [SimMachine("r1-m1", b.PASS), SimMachine("r1-m2", b.OFFLINE)])
+    harness = await served([rack], slow_factor=20.0)  # the lab's own slow factor
+    state_file = tmp_path / "state.db"
+    config = write_config(tmp_path / "rw.toml", harness.lab, harness.urls, state_file)
+    return Setup(harness.lab, harness.urls, config, state_file)
 
 
 async def test_run_once_all_passed_exits_0(setup: Setup) -> None:
@@ -142,6 +137,31 @@ async def test_bad_configuration_exits_78_with_one_line(
     assert str(config) in lines[0] and message in lines[0]
 
 
+BAD_KEY = 'racks = ["r1"]\n[maas]\nurl = "http://m/MAAS/"\napi_key = "only:two"\n'
+BAD_RACK = 'racks = [" "]\n'
+
+
+@pytest.mark.parametrize(
+    ("command", "content", "key"),
+    [
+        (["status"], BAD_RACK, "racks[0]"),
+        (["history", "r1-m1"], 'state_file = ""\n', "state_file"),
+        (["check-config"], BAD_KEY, "maas.api_key"),
+    ],
+)
+async def test_bad_configuration_exits_78(
+    tmp_path: Path, command: list[str], content: str, key: str
+) -> None:
+    """Every operator command validates what it reads of the configuration: one line, exit 78."""
+    config = tmp_path / "config.toml"
+    config.write_text(content)
+    done = await rackwatch(*command, "--config", str(config))
+    assert done.code == 78
+    assert done.out == ""
+    [line] = done.err.strip().splitlines()
+    assert str(config) in line and key in line
+
+
 async def test_a_missing_config_file_exits_78(tmp_path: Path) -> None:
     """The default path missing is a configuration error, not a crash."""
     done = await rackwatch("run-once", env={"RACKWATCH_CONFIG": str(tmp_path / "none.toml")})
@@ -155,6 +175,19 @@ async def test_a_bad_rack_name_is_a_usage_error(setup: Setup, racks: list[str]) 
     done = await rackwatch("run-once", *racks, "--config", str(setup.config))
     assert done.code == 2
     assert setup.lab.requests.total() == 0
+
+
+@pytest.mark.parametrize("command", ["status", "history", "check-config"])
+def test_every_command_has_help_with_an_example(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--help describes the command and ends with an example of it."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: rackwatch {command}" in out
+    assert out.strip().splitlines()[-1].startswith(f"example: rackwatch {command}")
 
 
 async def test_unknown_options_are_usage_errors() -> None:

@@ -40,9 +40,8 @@ from rackwatch.simlab import (
     SimMachine,
     SimRack,
 )
-from tests.harness import until
+from tests.harness import FAST_RETRY, until
 
-FAST = RetryPolicy(attempts=3, wait_initial_s=0.01, wait_max_s=0.05, timeout_s=5)
 MACHINES = "GET /MAAS/api/2.0/machines/"
 LOGIN = ("rackwatch", "s3cret-value-123456")
 WRONG_SECRET = "not-the-s3cret-987654"
@@ -147,7 +146,7 @@ def assert_nothing_says(texts: list[str], *secrets: str) -> None:
 async def test_machines_of_a_rack_are_exactly_those_with_its_tag() -> None:
     """machines(rack) answers the rack's machines, with their MAAS status and power state."""
     lab = make_lab(extra_tags=["empty-rack"])
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         machines = await clients.maas.machines("rack-a")
         empty = await clients.maas.machines("empty-rack")
     ids = lab.system_ids
@@ -163,7 +162,7 @@ async def test_every_maas_attempt_is_signed_anew() -> None:
     """A retry after an answer that was lost carries a fresh nonce, which MAAS accepts."""
     lab = make_lab()
     lab.answer_then_fail = 1
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         machines = await clients.maas.machines("rack-b")
     assert {m.hostname for m in machines} == {"b-m1", "b-m2"}
     assert lab.handled == [200]  # the first attempt was accepted, so its nonce is spent
@@ -176,7 +175,7 @@ async def test_every_maas_attempt_is_signed_anew() -> None:
 async def test_a_rack_name_that_cannot_be_a_tag_is_refused_before_any_request(rack: str) -> None:
     """A blank name (MAAS would list every machine) or one with odd characters is a UsageError."""
     lab = make_lab()
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with pytest.raises(UsageError):
             await clients.maas.machines(rack)
     assert maas_requests(lab) == 0
@@ -185,7 +184,7 @@ async def test_a_rack_name_that_cannot_be_a_tag_is_refused_before_any_request(ra
 async def test_an_unknown_tag_is_an_unknown_rack() -> None:
     """MAAS's 400 for a tag it does not have becomes UnknownRackError naming the rack."""
     lab = make_lab()
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with pytest.raises(UnknownRackError) as caught:
             await clients.maas.machines("rack-z")
     assert caught.value.rack == "rack-z"
@@ -201,7 +200,7 @@ async def test_a_wrong_maas_key_is_an_auth_error_that_quotes_no_secret(
     async with lab.serve() as urls:
         settings = settings_for(urls, maas={"api_key": WRONG_MAAS_KEY})
         with structlog.testing.capture_logs() as logs:
-            async with connect(settings, FAST) as clients:
+            async with connect(settings, FAST_RETRY) as clients:
                 with pytest.raises(UpstreamAuthError) as caught:
                     await clients.maas.machines("rack-a")
     assert caught.value.status == 401
@@ -235,7 +234,7 @@ async def test_retry_after_is_capped_by_the_policy() -> None:
     """A server asking for a long wait gets at most wait_max_s."""
     lab = make_lab()
     lab.inject(Fault(FaultKind.UNAVAILABLE, "maas", retry_after=30))
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with structlog.testing.capture_logs() as logs:
             await clients.maas.machines("rack-a")
     assert [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"] == [0.05]
@@ -245,7 +244,7 @@ async def test_a_maas_conflict_is_retried() -> None:
     """MAAS's 409 (a database conflict) is transient: two of them, then the machines."""
     lab = make_lab()
     lab.inject(Fault(FaultKind.CONFLICT, "maas", times=2))
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         machines = await clients.maas.machines("rack-b")
     assert len(machines) == 2
     assert lab.requests[MACHINES] == 3
@@ -256,7 +255,7 @@ async def test_an_html_error_page_is_named_not_quoted() -> None:
     """500s with an HTML page, every attempt, end as UpstreamUnavailable saying "an HTML page"."""
     lab = make_lab()
     lab.inject(Fault(FaultKind.SERVER_ERROR, "maas", times=None))
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with pytest.raises(UpstreamUnavailable) as caught:
             await clients.maas.machines("rack-a")
     assert lab.requests[MACHINES] == 3
@@ -269,7 +268,7 @@ async def test_a_malformed_answer_is_a_response_error_and_not_retried() -> None:
     """A 200 whose body is cut-off JSON is UpstreamResponseError after one request."""
     lab = make_lab()
     lab.inject(Fault(FaultKind.MALFORMED, "maas"))
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with pytest.raises(UpstreamResponseError) as caught:
             await clients.maas.machines("rack-a")
     assert lab.requests[MACHINES] == 1
@@ -282,7 +281,7 @@ async def test_a_maas_slower_than_its_timeout_is_unavailable() -> None:
     lab.inject(Fault(FaultKind.SLOW, "maas", times=None, delay=1.0))
     async with lab.serve() as urls:
         settings = settings_for(urls, maas={"timeout": 0.2})
-        async with connect(settings, FAST) as clients:
+        async with connect(settings, FAST_RETRY) as clients:
             with pytest.raises(UpstreamUnavailable) as caught:
                 await clients.maas.machines("rack-a")
     assert lab.requests[MACHINES] == 3
@@ -297,7 +296,7 @@ async def test_a_maas_that_refuses_connections_is_unavailable() -> None:
     settings = Settings.from_mapping(
         {"maas": {"url": f"http://127.0.0.1:{port}/MAAS/", "api_key": DEFAULT_MAAS_API_KEY}}
     )
-    async with connect(settings, FAST) as clients:
+    async with connect(settings, FAST_RETRY) as clients:
         with pytest.raises(UpstreamUnavailable) as caught:
             await clients.maas.machines("rack-a")
     assert caught.value.status is None
@@ -310,7 +309,7 @@ async def test_a_maas_that_refuses_connections_is_unavailable() -> None:
 async def test_agents_and_one_agent_by_name() -> None:
     """agents() lists every agent; agent(name) reads one, or None for a name the server lacks."""
     lab = make_lab()
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         agents = await clients.testflinger.agents()
         one = await clients.testflinger.agent("a-m1")
         missing = await clients.testflinger.agent("no-such-agent")
@@ -329,7 +328,7 @@ async def test_a_submitted_job_keeps_the_id_rackwatch_chose() -> None:
     lab = make_lab()
     job_id = str(uuid.uuid4())
     job = {"job_queue": "a-m1", "job_id": job_id, "provision_data": {"distro": "noble"}}
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         answered = await clients.testflinger.submit(job)
     assert answered == job_id
     assert len(lab.submissions) == 1
@@ -340,7 +339,7 @@ async def test_a_submitted_job_keeps_the_id_rackwatch_chose() -> None:
 async def test_the_result_of_an_unknown_job_is_none() -> None:
     """Testflinger's 204 for a job it does not have reads as None."""
     lab = make_lab()
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         assert await clients.testflinger.result(str(uuid.uuid4())) is None
 
 
@@ -350,7 +349,7 @@ async def test_a_job_is_followed_from_running_to_complete() -> None:
     job_id = str(uuid.uuid4())
     job = {"job_queue": "a-m1", "job_id": job_id, "provision_data": {"distro": "noble"}}
     states = []
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         tf = clients.testflinger
         await tf.submit(job)
         async with asyncio.timeout(5):
@@ -373,7 +372,7 @@ async def test_cancel_is_true_only_for_a_job_that_had_not_ended() -> None:
     """Cancelling a waiting job answers True; a cancelled or unknown job answers False."""
     lab = make_lab()
     job_id = str(uuid.uuid4())
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         tf = clients.testflinger
         await tf.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
         first = await tf.cancel(job_id)
@@ -397,7 +396,7 @@ async def test_testflinger_error_bodies_become_readable_messages(
 ) -> None:
     """Validation errors and explicit aborts arrive as the server's words, not raw JSON."""
     lab = make_lab()
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with pytest.raises(UpstreamResponseError) as caught:
             await clients.testflinger.submit(job)
     assert said in str(caught.value)
@@ -408,7 +407,7 @@ async def test_testflinger_error_bodies_become_readable_messages(
 async def test_a_plain_text_error_becomes_a_readable_message() -> None:
     """The plain-text shape (cancelling a job id that is not a UUID) is quoted as a line."""
     lab = make_lab()
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with pytest.raises(UpstreamResponseError) as caught:
             await clients.testflinger.cancel("not-a-uuid")
     assert caught.value.status == 400
@@ -420,7 +419,7 @@ async def test_a_fault_on_one_path_is_retried() -> None:
     lab = make_lab()
     lab.inject(Fault(FaultKind.UNAVAILABLE, "testflinger", path="/v1/result/", times=2))
     job_id = str(uuid.uuid4())
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         await clients.testflinger.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
         result = await clients.testflinger.result(job_id)
     assert result is not None
@@ -436,7 +435,7 @@ async def test_a_post_stored_after_the_client_gave_up_is_an_unknown_outcome() ->
     job_id = str(uuid.uuid4())
     async with lab.serve() as urls:
         settings = settings_for(urls, testflinger={"timeout": 0.3})
-        async with connect(settings, FAST) as clients:
+        async with connect(settings, FAST_RETRY) as clients:
             tf = clients.testflinger
             with pytest.raises(UpstreamOutcomeUnknown) as caught:
                 await tf.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
@@ -458,7 +457,7 @@ async def test_a_post_answered_503_is_sent_again_and_stored_once() -> None:
     lab = make_lab()
     lab.inject(Fault(FaultKind.UNAVAILABLE, "testflinger", path="/v1/job", method="POST"))
     job_id = str(uuid.uuid4())
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         answered = await clients.testflinger.submit({"job_queue": "a-m1", "job_id": job_id})
     assert answered == job_id
     assert lab.requests["POST /v1/job"] == 2
@@ -469,7 +468,7 @@ async def test_a_post_answered_500_is_not_sent_again() -> None:
     """After a 500 the job may be stored: one POST, and UpstreamOutcomeUnknown with the status."""
     lab = make_lab()
     lab.inject(Fault(FaultKind.SERVER_ERROR, "testflinger", path="/v1/job", method="POST"))
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with pytest.raises(UpstreamOutcomeUnknown) as caught:
             await clients.testflinger.submit({"job_queue": "a-m1", "job_id": str(uuid.uuid4())})
     assert caught.value.status == 500
@@ -505,7 +504,7 @@ async def hanging_up() -> AsyncIterator[tuple[Settings, list[bytes]]]:
 @pytest.mark.usefixtures("no_retry_waits")
 async def test_a_connection_closed_without_an_answer_ends_a_post_but_not_a_read() -> None:
     """The server may have acted on a dropped POST, so it is sent once; a GET is retried."""
-    async with hanging_up() as (settings, heads), connect(settings, FAST) as clients:
+    async with hanging_up() as (settings, heads), connect(settings, FAST_RETRY) as clients:
         with pytest.raises(UpstreamOutcomeUnknown) as posted:
             await clients.testflinger.submit({"job_queue": "a-m1", "job_id": str(uuid.uuid4())})
         posts = len(heads)
@@ -515,7 +514,7 @@ async def test_a_connection_closed_without_an_answer_ends_a_post_but_not_a_read(
     assert heads[0].startswith(b"POST /v1/job ")
     assert "it may have been carried out" in str(posted.value)
     assert type(read.value) is UpstreamUnavailable
-    # FAST makes three attempts; aiohttp may resend an idempotent request on its own as well.
+    # FAST_RETRY makes three attempts; aiohttp may resend an idempotent request by itself too.
     assert len(heads) - posts >= 3
     assert all(head.startswith(b"GET /v1/agents/data ") for head in heads[posts:])
 
@@ -530,7 +529,7 @@ async def test_a_post_that_cannot_connect_is_retried_and_unavailable() -> None:
             "testflinger": {"url": f"http://127.0.0.1:{port}/"},
         }
     )
-    async with connect(settings, FAST) as clients:
+    async with connect(settings, FAST_RETRY) as clients:
         with (
             structlog.testing.capture_logs() as logs,
             pytest.raises(UpstreamUnavailable) as caught,
@@ -558,7 +557,7 @@ async def test_active_jobs_and_job_definitions_round_trip() -> None:
         "cancelled": {"job_queue": "nobody", "tags": [tag]},
         "other": {"job_queue": "nobody", "tags": ["someone-else"]},
     }
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         tf = clients.testflinger
         for name, job in jobs.items():
             await tf.submit({**job, "job_id": ids[name]})
@@ -592,7 +591,7 @@ async def test_an_unreadable_search_or_definition_is_a_response_error(call: str)
     """A cut-off body from the search or the definition is UpstreamResponseError, not retried."""
     lab = make_lab()
     lab.inject(Fault(FaultKind.MALFORMED, "testflinger", path="/v1/job/"))
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         tf = clients.testflinger
         with pytest.raises(UpstreamResponseError, match="not JSON"):
             if call == "active_jobs":
@@ -608,7 +607,7 @@ async def test_requests_in_flight_are_bounded_by_check_concurrency() -> None:
     lab.inject(Fault(FaultKind.SLOW, "testflinger", path="/v1/agents/data/", times=None, delay=0.2))
     async with lab.serve() as urls:
         settings = settings_for(urls, check={"concurrency": 2})
-        async with connect(settings, FAST) as clients:
+        async with connect(settings, FAST_RETRY) as clients:
             names = ["a-m1", "a-m2", "b-m1", "b-m2", "a-m1", "b-m1"]
             agents = await asyncio.gather(*(clients.testflinger.agent(n) for n in names))
     assert [agent.name if agent else None for agent in agents] == names
@@ -626,7 +625,7 @@ def login_settings(urls: LabUrls, secret: str = LOGIN[1]) -> Settings:
 async def test_one_login_serves_many_calls_even_concurrent_ones() -> None:
     """Against a locked-down server, calls carry a Bearer token from a single login."""
     lab = make_lab(testflinger_login=LOGIN)
-    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(login_settings(urls), FAST_RETRY) as clients:
         tf = clients.testflinger
         names = ["a-m1", "a-m2", "b-m1", "b-m2"]
         listed, found = await asyncio.gather(
@@ -646,7 +645,7 @@ async def test_one_login_serves_many_calls_even_concurrent_ones() -> None:
 async def test_an_expired_token_is_renewed_once_and_the_call_replayed() -> None:
     """After the server expires the token, the call logs in again once and retries at once."""
     lab = make_lab(testflinger_login=LOGIN)
-    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(login_settings(urls), FAST_RETRY) as clients:
         await clients.testflinger.agents()
         lab.expire_tokens()
         with structlog.testing.capture_logs() as logs:
@@ -663,7 +662,7 @@ async def test_a_retry_after_a_500_carries_a_fresh_token_once_the_old_one_expire
     """A 500, then a 401 for the expired token: a fresh token, and the third attempt reads."""
     lab = make_lab(testflinger_login=LOGIN)
     job_id = str(uuid.uuid4())
-    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(login_settings(urls), FAST_RETRY) as clients:
         tf = clients.testflinger
         await tf.submit({"job_queue": "no-agent-serves-this", "job_id": job_id})
         lab.expire_tokens()
@@ -731,7 +730,7 @@ async def test_result_reads_ride_out_server_errors_across_token_expiry() -> None
 async def test_a_fresh_token_that_is_refused_too_ends_the_call() -> None:
     """A 401 right after a renewal is an auth error: the server refuses even fresh tokens."""
     lab = make_lab(testflinger_login=LOGIN, token_lifetime=0.0)  # every token has expired
-    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(login_settings(urls), FAST_RETRY) as clients:
         with pytest.raises(UpstreamAuthError) as caught:
             await clients.testflinger.agents()
     assert caught.value.status == 401
@@ -743,7 +742,7 @@ async def test_a_fresh_token_that_is_refused_too_ends_the_call() -> None:
 async def test_a_403_is_not_retried_even_with_a_login() -> None:
     """A token whose role may not list agents gets 403 once: a new token would be no better."""
     lab = make_lab(testflinger_login=LOGIN, testflinger_role="agent")
-    async with lab.serve() as urls, connect(login_settings(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(login_settings(urls), FAST_RETRY) as clients:
         with pytest.raises(UpstreamAuthError) as caught:
             await clients.testflinger.agents()
     assert caught.value.status == 403
@@ -762,7 +761,7 @@ async def test_a_wrong_testflinger_secret_is_an_auth_error_that_quotes_no_secret
     basic = base64.b64encode(f"{LOGIN[0]}:{WRONG_SECRET}".encode()).decode()
     async with lab.serve() as urls:
         with structlog.testing.capture_logs() as logs:
-            async with connect(login_settings(urls, WRONG_SECRET), FAST) as clients:
+            async with connect(login_settings(urls, WRONG_SECRET), FAST_RETRY) as clients:
                 with pytest.raises(UpstreamAuthError) as caught:
                     await clients.testflinger.agents()
     assert caught.value.status == 401
@@ -781,7 +780,10 @@ async def test_a_wrong_testflinger_secret_is_an_auth_error_that_quotes_no_secret
 async def test_a_refused_login_is_not_tried_again_in_the_same_call() -> None:
     """A 401 from the login itself ends the call: logging in again cannot help."""
     lab = make_lab(testflinger_login=LOGIN)
-    async with lab.serve() as urls, connect(login_settings(urls, WRONG_SECRET), FAST) as clients:
+    async with (
+        lab.serve() as urls,
+        connect(login_settings(urls, WRONG_SECRET), FAST_RETRY) as clients,
+    ):
         with pytest.raises(UpstreamAuthError):
             await clients.testflinger.agents()
     assert lab.requests["POST /v1/oauth2/token"] == 1
@@ -790,7 +792,7 @@ async def test_a_refused_login_is_not_tried_again_in_the_same_call() -> None:
 async def test_no_login_against_a_locked_down_server_is_an_auth_error() -> None:
     """Without a client id, a server that requires login refuses us with UpstreamAuthError."""
     lab = make_lab(testflinger_login=LOGIN)
-    async with lab.serve() as urls, connect(settings_for(urls), FAST) as clients:
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with pytest.raises(UpstreamAuthError) as caught:
             await clients.testflinger.agents()
     assert caught.value.status == 401

@@ -207,17 +207,7 @@ async def test_a_recorded_but_unsent_job_is_submitted_once_under_its_id(
 ) -> None:
     """A run that died after recording the job id but before the POST: the id is posted now."""
     harness = await served([rack("r1", Behaviour.PASS, Behaviour.PASS)])
-    with Store.open(harness.state_file) as store:
-        cycle = store.start_cycle("r1", _now())
-        store.begin_job(
-            cycle,
-            rack="r1",
-            agent="r1-m1",
-            machine="r1-m1",
-            queue="r1-m1",
-            job_id="0b7f5a52-43a5-4c7e-9b5d-1b8c1d3c0a11",
-            at=_now(),
-        )
+    cycle = record_unsent(harness, "0b7f5a52-43a5-4c7e-9b5d-1b8c1d3c0a11")
     [report] = await harness.cycle()
     assert outcomes(report) == {"r1-m1": Outcome.PASSED, "r1-m2": Outcome.PASSED}
     assert [j["job_id"] for j in harness.lab.submissions_for("r1-m1")] == [
@@ -232,6 +222,19 @@ async def test_a_job_testflinger_knows_is_tracked_not_resubmitted(served: LabFac
     harness = await served([rack("r1", Behaviour.FAIL)])
     job_id = "9f1d2c3b-4a5e-4f60-8a7b-6c5d4e3f2a10"
     harness.lab.submit_job({"job_queue": "r1-m1", "provision_data": {"distro": "noble"}}, job_id)
+    record_unsent(harness, job_id)
+    [report] = await harness.cycle()
+    [check] = report.checks
+    assert (check.job_id, check.outcome, check.provision_status) == (job_id, Outcome.FAILED, 1)
+    assert len(harness.lab.submissions) == 1
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def record_unsent(harness: Harness, job_id: str) -> int:
+    """Record r1-m1's job as a run that died before its POST was answered leaves it; its cycle."""
     with Store.open(harness.state_file) as store:
         cycle = store.start_cycle("r1", _now())
         store.begin_job(
@@ -243,14 +246,7 @@ async def test_a_job_testflinger_knows_is_tracked_not_resubmitted(served: LabFac
             job_id=job_id,
             at=_now(),
         )
-    [report] = await harness.cycle()
-    [check] = report.checks
-    assert (check.job_id, check.outcome, check.provision_status) == (job_id, Outcome.FAILED, 1)
-    assert len(harness.lab.submissions) == 1
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+    return cycle
 
 
 def untracked(harness: Harness) -> list[str]:
@@ -300,17 +296,7 @@ async def test_an_unsent_job_whose_post_is_still_on_its_way_is_not_posted_again(
     """After a crash mid-POST, the job that arrives within the grace is tracked, never resent."""
     harness = await served([rack("r1", Behaviour.PASS)])
     job_id = "4c0ffee0-43a5-4c7e-9b5d-1b8c1d3c0a11"
-    with Store.open(harness.state_file) as store:
-        cycle = store.start_cycle("r1", _now())
-        store.begin_job(
-            cycle,
-            rack="r1",
-            agent="r1-m1",
-            machine="r1-m1",
-            queue="r1-m1",
-            job_id=job_id,
-            at=_now(),
-        )
+    record_unsent(harness, job_id)
     body = {"job_queue": "r1-m1", "job_id": job_id, "provision_data": {"distro": "noble"}}
     arrival = asyncio.get_running_loop().call_later(1.0, harness.lab.submit_job, body, job_id)
     try:

@@ -8,16 +8,19 @@ import os
 import shutil
 import signal
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from rackwatch import daemon as rackwatch_daemon
+from rackwatch.config import load_settings
 from rackwatch.locks import RackLocks
 from rackwatch.simlab import Behaviour
 from rackwatch.store import Store
-from tests.harness import Daemon, rackwatch, until, write_config
+from tests.harness import FAST_RETRY, Daemon, LabFactory, rack, rackwatch, until, write_config
 
 
 async def test_each_rack_is_checked_every_interval_and_systemd_is_told(daemon: Daemon) -> None:
@@ -63,6 +66,39 @@ async def test_sigterm_leaves_jobs_recorded_and_a_restart_resumes_them(daemon: D
     assert code == 0
     assert _outcome(daemon.state_file, job_id) == "passed"
     assert [j["job_id"] for j in daemon.lab.submissions_for("r1-m1")] == [job_id]
+
+
+async def test_cycles_share_one_login_until_a_reload_changes_testflinger(
+    served: LabFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One session and one set of clients for the daemon's life: a reload of the same settings
+    keeps them, one that changes Testflinger's builds new ones, which log in again."""
+    login = ("rackwatch", "s3cret-value-123456")
+    harness = await served([rack("r1", Behaviour.PASS)], testflinger_login=login)
+    monkeypatch.setenv("RACKWATCH_TESTFLINGER__CLIENT_ID", login[0])
+    monkeypatch.setenv("RACKWATCH_TESTFLINGER__SECRET", login[1])
+    schedule = "[schedule]\ninterval = 0.5\njitter = 0\n"
+    config = write_config(
+        tmp_path / "rw.toml", harness.lab, harness.urls, harness.state_file, schedule
+    )
+    daemon = rackwatch_daemon.Daemon(load_settings(config), config_path=config, retry=FAST_RETRY)
+    serving = asyncio.create_task(daemon.serve())
+
+    def cycles_after(reload: str | None) -> Callable[[], bool]:
+        """Send a SIGHUP (after setting `reload`, a Testflinger timeout); then wait for 2 cycles."""
+        if reload is not None:
+            monkeypatch.setenv("RACKWATCH_TESTFLINGER__TIMEOUT", reload)
+        os.kill(os.getpid(), signal.SIGHUP)
+        seen = harness.lab.requests["GET /v1/agents/data"]
+        return lambda: harness.lab.requests["GET /v1/agents/data"] >= seen + 2
+
+    await until(lambda: harness.lab.requests["GET /v1/agents/data"] >= 2)
+    await until(cycles_after(None))  # the same file: the same clients
+    assert harness.lab.logins == 1
+    await until(cycles_after("20s"))
+    daemon.stop()
+    assert await serving == 0
+    assert harness.lab.logins == 2
 
 
 async def test_a_restart_waits_for_the_rest_of_the_interval(daemon: Daemon) -> None:

@@ -7,10 +7,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rackwatch.health import (
+    DriftKind,
     assess,
     drift,
+    drift_kinds,
     incident_reason,
     is_alerting,
+    needs_a_person,
+    slowdown,
+    with_outcome,
 )
 from rackwatch.model import UNKNOWN, AgentHealth, Fact, Health, Outcome
 
@@ -152,3 +157,69 @@ def test_drift_names_what_is_wrong_around_a_machine(
 ) -> None:
     """Missing agents, stale agents and machines MAAS marks broken or failed are drift."""
     assert drift(outcome, maas_status) == said
+
+
+@pytest.mark.parametrize(
+    ("outcome", "maas_status", "kinds"),
+    [
+        (Oc.PASSED, "Deployed", set()),
+        (Oc.NO_AGENT, "Broken", {DriftKind.NO_AGENT, DriftKind.MAAS}),
+        (Oc.STALE, "Failed testing", {DriftKind.STALE, DriftKind.MAAS}),
+        (None, "Failed deployment", {DriftKind.MAAS}),
+        (None, None, set()),
+    ],
+)
+def test_drift_kinds_hold_together(
+    outcome: Outcome | None, maas_status: str | None, kinds: set[DriftKind]
+) -> None:
+    """A machine can drift in more than one way at once; an in-flight check has no outcome."""
+    assert drift_kinds(outcome, maas_status) == kinds
+
+
+def test_slowdown_needs_three_passes_and_twice_the_median() -> None:
+    """The latest pass is flagged at twice the median or more, and only with 3 passes or more."""
+    assert slowdown([250, *[100] * 9]) == 2.5
+    assert slowdown([200, 100, 100]) == 2.0
+    assert slowdown([190, 100, 100]) is None
+    assert slowdown([100, 250, 250]) is None  # faster than before
+    assert slowdown([300, 100]) is None
+    assert slowdown([]) is None
+
+
+def test_assess_keeps_the_outcome_of_the_reason() -> None:
+    """The check that gives the reason gives its outcome too; an excluded agent's newest one."""
+    states = replay(Oc.PASSED, Oc.OFFLINE, Oc.STALE, Oc.BUSY)
+    assert [s.outcome for s in states] == [Oc.PASSED, Oc.OFFLINE, Oc.STALE, Oc.STALE]
+
+
+def test_with_outcome_finds_the_check_that_gave_the_reason() -> None:
+    """Read back without its outcome, a health gets that of the newest fact giving its reason."""
+    [busy, stale, offline] = facts(Oc.OFFLINE, Oc.STALE, Oc.BUSY)
+    recorded = AgentHealth(Health.EXCLUDED, T0, reason="stale: detail 1")
+    assert with_outcome(recorded, [busy, stale, offline]).outcome is Oc.STALE
+    assert with_outcome(recorded, [busy, offline]) == recorded  # not among them: unknown
+    known = AgentHealth(Health.EXCLUDED, T0, reason="stale: detail 1", outcome=Oc.OFFLINE)
+    assert with_outcome(known, [stale]) == known
+
+
+RECOVERY = "offline: Set to offline by agent: Recovery failed during job 7"
+
+
+@pytest.mark.parametrize(
+    ("health", "maas_status", "needed"),
+    [
+        (AgentHealth(U, reason="failed: x"), None, True),
+        (AgentHealth(X, reason="stale", outcome=Oc.STALE), None, True),
+        (AgentHealth(X, reason="quarantined: streak", outcome=Oc.QUARANTINED), None, True),
+        (AgentHealth(X, reason=RECOVERY, outcome=Oc.OFFLINE), None, True),
+        (AgentHealth(X, reason="offline: maintenance", outcome=Oc.OFFLINE), None, False),
+        (AgentHealth(X, reason="no_queue: shared", outcome=Oc.NO_QUEUE), None, False),
+        (AgentHealth(H, reason="passed", outcome=Oc.PASSED), "Broken", True),
+        (AgentHealth(H, reason="passed", outcome=Oc.PASSED), "Deployed", False),
+        (UNKNOWN, "Failed testing", True),
+        (UNKNOWN, None, False),
+    ],
+)
+def test_what_needs_a_person(health: AgentHealth, maas_status: str | None, needed: bool) -> None:
+    """Unhealthy, out of service by its own failure, or broken by MAAS's account."""
+    assert needs_a_person(health, maas_status) is needed

@@ -111,4 +111,6 @@ async def test_drift_is_announced_when_it_appears_and_not_again(served: LabFacto
     assert alert_events(harness) == [[("drift", "r1-m3")], [("drift", "r1-m1")]]
     with Store.open(harness.state_file) as store:
         [_, broken] = store.pending_alerts()
-    assert broken.body["events"][0]["reason"] == "MAAS marks the machine Broken"
+    [drift] = broken.body["events"]
+    assert drift["reason"] == "MAAS marks the machine Broken"
+    assert list(drift) == ["kind", "rack", "agent", "from", "to", "reason", "job_id"]

@@ -1,13 +1,11 @@
-"""`rackwatch status`, `history` and `check-config`: real processes reading a state file that real
-cycles against the simulated lab filled, and the store queries behind them."""
+"""`rackwatch status` and `history`: real processes reading a state file that real cycles against
+the simulated lab filled."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,93 +15,20 @@ from typing import Any
 
 import pytest
 
-from rackwatch import cli, report
-from rackwatch.check import Checker, CheckPlan
-from rackwatch.clients import RetryPolicy, connect
-from rackwatch.config import Settings
-from rackwatch.errors import StoreError
-from rackwatch.model import Outcome
-from rackwatch.simlab import Behaviour, Lab, LabUrls, SimMachine, SimRack
-from rackwatch.store import (
-    _AGENT_MARKS_SQL,
-    _AGENT_TRENDS_SQL,
-    MIGRATIONS,
-    AgentTrend,
-    CycleRecord,
-    Store,
-    _migrate,
-)
+from rackwatch.model import Health, Outcome
+from rackwatch.simlab import Behaviour, Lab, SimMachine, SimRack
+from rackwatch.status import build_status, needing_a_person
+from rackwatch.store import AgentTrend, Store
+from tests.harness import Done, Harness, rackwatch, write_config
 
-FAST_RETRY = RetryPolicy(attempts=3, timeout_s=5.0, wait_initial_s=0.01, wait_max_s=0.05)
-LOGIN = ("rackwatch-ci", "a-long-client-secret-0001")
 JOB_ID = "5d0c7a4e-8f1b-4c2d-9e3f-a1b2c3d4e5f6"
 
 
 @dataclass
-class Done:
-    code: int
-    out: str
-    err: str
-
-
-async def rackwatch(*args: str) -> Done:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "rackwatch",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return Done(process.returncode, out.decode(), err.decode())
-
-
-def write_config(
-    path: Path, urls: LabUrls, api_key: str, state_file: Path, racks: list[str], extra: str = ""
-) -> Path:
-    path.write_text(f"""
-racks = {json.dumps(racks)}
-state_file = "{state_file}"
-[maas]
-url = "{urls.maas}"
-api_key = "{api_key}"
-[testflinger]
-url = "{urls.testflinger}"
-{extra}
-""")
-    return path
-
-
-@dataclass
-class Setup:
+class Setup(Harness):
     """A served lab of two racks, its configuration file, and cycles run in this process."""
 
-    lab: Lab
-    urls: LabUrls
     config: Path
-    state_file: Path
-
-    async def cycle(self, *racks: str) -> None:
-        settings = Settings.from_mapping(
-            {
-                "racks": self.lab.rack_names,
-                "state_file": str(self.state_file),
-                "maas": {"url": self.urls.maas, "api_key": self.lab.maas_api_key},
-                "testflinger": {"url": self.urls.testflinger},
-                "check": {"poll_interval": 0.05, "job_timeout": 3},
-            }
-        )
-        with Store.open(self.state_file) as store:
-            async with connect(settings, FAST_RETRY) as clients:
-                checker = Checker(
-                    maas=clients.maas,
-                    testflinger=clients.testflinger,
-                    store=store,
-                    plan=CheckPlan.from_settings(settings),
-                )
-                await checker.run(list(racks) or settings.racks)
 
     async def status(self, *args: str) -> Done:
         return await rackwatch("status", *args, "--config", str(self.config))
@@ -121,10 +46,9 @@ async def served(tmp_path: Path, *racks: SimRack) -> AsyncIterator[Setup]:
     lab = Lab(racks, provision_seconds=0.2, pickup_seconds=0.02)
     async with lab.serve() as urls:
         state_file = tmp_path / "state.db"
-        config = write_config(
-            tmp_path / "rw.toml", urls, lab.maas_api_key, state_file, lab.rack_names
+        yield Setup(
+            lab, urls, state_file, write_config(tmp_path / "rw.toml", lab, urls, state_file)
         )
-        yield Setup(lab, urls, config, state_file)
 
 
 @pytest.fixture
@@ -188,11 +112,11 @@ async def test_consecutive_failures_grow_pass_over_skips_and_reset_after_a_pass(
     setup: Setup,
 ) -> None:
     """Two failing cycles make 2 even with a skip between them; a pass brings it back to 0."""
-    await setup.cycle("r1")
+    await setup.cycle(["r1"])
     setup.lab.set_behaviour("r1-m2", Behaviour.OFFLINE)
-    await setup.cycle("r1")
+    await setup.cycle(["r1"])
     setup.lab.set_behaviour("r1-m2", Behaviour.FAIL)
-    await setup.cycle("r1")
+    await setup.cycle(["r1"])
     with Store.open_readonly(setup.state_file) as store:
         recorded = [check.outcome for check in store.history("r1-m2")]
     assert recorded == [Outcome.FAILED, Outcome.OFFLINE, Outcome.FAILED]
@@ -201,7 +125,7 @@ async def test_consecutive_failures_grow_pass_over_skips_and_reset_after_a_pass(
     assert failing["last_passed_at"] is None
 
     setup.lab.set_behaviour("r1-m2", Behaviour.PASS)
-    await setup.cycle("r1")
+    await setup.cycle(["r1"])
     passed = agents_of(await setup.status_json(), "r1")["r1-m2"]
     assert (passed["last_outcome"], passed["consecutive_failures"]) == ("passed", 0)
     assert passed["last_passed_at"] == passed["last_checked_at"] is not None
@@ -209,7 +133,7 @@ async def test_consecutive_failures_grow_pass_over_skips_and_reset_after_a_pass(
 
 async def test_status_shows_the_job_in_flight(setup: Setup) -> None:
     """An unfinished check shows its job id; the last outcome stays that of the latest ended check."""
-    await setup.cycle("r1")
+    await setup.cycle(["r1"])
     with Store.open(setup.state_file) as store:
         cycle_id = store.start_cycle("r1", datetime.now(UTC))
         for agent, job_id in (("r1-m1", JOB_ID), ("r1-new", "job-of-a-new-agent")):
@@ -298,7 +222,7 @@ async def test_status_names_racks_and_lists_recorded_ones_no_longer_configured(
     """Named racks only; with none named, configured racks then recorded ones, unscheduled."""
     await setup.cycle()
     config = write_config(
-        tmp_path / "r1-only.toml", setup.urls, setup.lab.maas_api_key, setup.state_file, ["r1"]
+        tmp_path / "r1-only.toml", setup.lab, setup.urls, setup.state_file, racks=["r1"]
     )
     only_r2, done, as_json = await asyncio.gather(
         setup.status_json("r2"),
@@ -319,7 +243,7 @@ async def test_status_of_a_rack_neither_configured_nor_recorded_is_a_usage_error
     setup: Setup,
 ) -> None:
     """A typo in a rack name exits 2 and names the rack."""
-    await setup.cycle("r1")
+    await setup.cycle(["r1"])
     done = await setup.status("r1", "r9")
     assert done.code == 2
     assert "unknown rack 'r9'" in done.err
@@ -343,8 +267,8 @@ async def test_status_before_any_check_says_so_and_exits_0(setup: Setup) -> None
 
 async def test_status_shows_health_with_since_and_reason(setup: Setup) -> None:
     """Two failures make an agent unhealthy since its second, with the reason and job in DETAIL."""
-    await setup.cycle("r1")
-    await setup.cycle("r1")
+    await setup.cycle(["r1"])
+    await setup.cycle(["r1"])
     with Store.open_readonly(setup.state_file) as store:
         latest = store.history("r1-m2")[0]
     assert latest.finished_at is not None
@@ -423,20 +347,10 @@ async def test_status_shows_the_pass_rate_and_flags_a_slower_provisioning(
     }  # fmt: skip
 
 
-def test_slowdown_needs_three_passes_and_twice_the_median() -> None:
-    """The latest pass is flagged at twice the median or more, and only with 3 passes or more."""
-    assert report.slowdown([250, *[100] * 9]) == 2.5
-    assert report.slowdown([200, 100, 100]) == 2.0
-    assert report.slowdown([190, 100, 100]) is None
-    assert report.slowdown([100, 250, 250]) is None  # faster than before
-    assert report.slowdown([300, 100]) is None
-    assert report.slowdown([]) is None
-
-
 async def test_status_shows_an_open_rack_incident(setup: Setup) -> None:
     """Two of three checked agents failing open an incident: a header line, JSON, --unhealthy."""
     setup.lab.set_behaviour("r1-m3", Behaviour.FAIL)
-    await setup.cycle("r1")
+    await setup.cycle(["r1"])
     with Store.open_readonly(setup.state_file) as store:
         incident = store.open_incident("r1")
     assert incident is not None
@@ -571,6 +485,28 @@ async def test_status_unhealthy_before_any_check_exits_0(setup: Setup) -> None:
     assert (as_json.code, json.loads(as_json.out)) == (0, {"racks": []})
 
 
+async def test_build_status_keeps_a_quarantined_agent_that_turned_busy_needing_a_person(
+    tmp_path: Path,
+) -> None:
+    """Still excluded for its fail streak while it runs someone's job: it needs a person."""
+    b = Behaviour
+    rack = SimRack("q1", [SimMachine("q1-m1", b.FAIL_STREAK), SimMachine("q1-m2", b.OFFLINE)])
+    async with served(tmp_path, rack) as setup:
+        await setup.cycle()
+        setup.lab.set_behaviour("q1-m1", b.BUSY)
+        await setup.cycle()
+        settings = setup.settings()
+        with Store.open_readonly(setup.state_file) as store, store.reading():
+            [status] = build_status(store, settings.racks, settings.schedule, datetime.now(UTC))
+    [quarantined, _] = status.agents
+    assert quarantined.last is not None and quarantined.last.outcome is Outcome.BUSY
+    known = status.health_of("q1-m1")
+    assert (known.state, known.outcome) == (Health.EXCLUDED, Outcome.QUARANTINED)
+    assert known.reason.startswith("quarantined: ")
+    assert status.health_of("q1-m2").outcome is Outcome.OFFLINE
+    assert [state.agent for state in needing_a_person([status])[0].agents] == ["q1-m1"]
+
+
 def record_check(
     store: Store, cycle_id: int, agent: str, outcome: Outcome, at: datetime, seconds: float
 ) -> None:
@@ -601,7 +537,7 @@ def record_check(
 async def test_history_is_newest_first_and_limited(setup: Setup) -> None:
     """history prints the agent's latest checks, newest first, at most --limit of them."""
     for _ in range(3):
-        await setup.cycle("r1")
+        await setup.cycle(["r1"])
     with Store.open_readonly(setup.state_file) as store:
         recorded = store.history("r1-m2", limit=10)
     assert len(recorded) == 3
@@ -637,95 +573,10 @@ async def test_history_of_an_unknown_agent_exits_1(setup: Setup) -> None:
     assert missing.code == 1
     assert "no checks recorded yet" in missing.err
 
-    await setup.cycle("r1")
+    await setup.cycle(["r1"])
     done = await rackwatch("history", "r1-m9", "--config", str(setup.config))
     assert done.code == 1
     assert done.err.strip() == f"rackwatch: no checks of agent 'r1-m9' in {setup.state_file}"
-
-
-# check-config
-
-
-async def test_check_config_tries_maas_and_testflinger(tmp_path: Path) -> None:
-    """Against a served lab with login, every check passes: one line each, exit 0."""
-    lab = Lab(
-        [
-            SimRack("r1", [SimMachine("r1-m1"), SimMachine("r1-m2")]),
-            SimRack("r2", [SimMachine("r2-m1")]),
-        ],
-        testflinger_login=LOGIN,
-    )
-    async with lab.serve() as urls:
-        login = f'client_id = "{LOGIN[0]}"\nsecret = "{LOGIN[1]}"'
-        config = write_config(
-            tmp_path / "rw.toml", urls, lab.maas_api_key, tmp_path / "s.db", ["r1", "r2"], login
-        )
-        done = await rackwatch("check-config", "--config", str(config))
-    assert done.code == 0, done.err
-    assert done.out.splitlines() == [
-        f"config: {config}: valid (2 racks, state file {tmp_path / 's.db'})",
-        "maas: r1: 2 machines",
-        "maas: r2: 1 machine",
-        f"testflinger: logged in as {LOGIN[0]}",
-        "testflinger: 3 agents",
-    ]
-    assert LOGIN[1] not in done.out + done.err
-    assert lab.logins == 1
-    assert not (tmp_path / "s.db").exists()
-
-
-async def test_check_config_with_a_wrong_maas_key_exits_69_without_the_secret(
-    setup: Setup, tmp_path: Path
-) -> None:
-    """MAAS refusing the key is reported per rack, exit 69, and neither secret is printed."""
-    real_secret = setup.lab.maas_api_key.rsplit(":", 1)[-1]
-    wrong_secret = "WrongSecretWrongSecret0123456789"
-    key = setup.lab.maas_api_key.rsplit(":", 1)[0] + ":" + wrong_secret
-    config = write_config(tmp_path / "bad.toml", setup.urls, key, setup.state_file, ["r1"])
-    done = await rackwatch("check-config", "--config", str(config))
-    assert done.code == 69
-    assert "maas: r1: maas GET /MAAS/api/2.0/machines/ refused the credentials (401)" in done.out
-    assert "testflinger: 4 agents" in done.out
-    assert done.err.strip() == "rackwatch: check-config: failed: maas r1"
-    for secret in (real_secret, wrong_secret):
-        assert secret not in done.out + done.err
-
-
-async def test_check_config_names_an_unknown_rack(setup: Setup, tmp_path: Path) -> None:
-    """A configured rack that MAAS has no tag for fails check-config, naming the rack."""
-    config = write_config(
-        tmp_path / "rw.toml", setup.urls, setup.lab.maas_api_key, setup.state_file, ["r1", "r9"]
-    )
-    done = await rackwatch("check-config", "--config", str(config))
-    assert done.code == 69
-    assert "maas: r1: 3 machines" in done.out
-    assert "maas: r9: unknown rack 'r9'" in done.out
-    assert done.err.strip() == "rackwatch: check-config: failed: maas r9"
-
-
-BAD_KEY = 'racks = ["r1"]\n[maas]\nurl = "http://m/MAAS/"\napi_key = "only:two"\n'
-BAD_RACK = 'racks = [" "]\n'
-
-
-@pytest.mark.parametrize(
-    ("command", "content", "key"),
-    [
-        (["status"], BAD_RACK, "racks[0]"),
-        (["history", "r1-m1"], 'state_file = ""\n', "state_file"),
-        (["check-config"], BAD_KEY, "maas.api_key"),
-    ],
-)
-async def test_bad_configuration_exits_78(
-    tmp_path: Path, command: list[str], content: str, key: str
-) -> None:
-    """Every operator command validates what it reads of the configuration: one line, exit 78."""
-    config = tmp_path / "config.toml"
-    config.write_text(content)
-    done = await rackwatch(*command, "--config", str(config))
-    assert done.code == 78
-    assert done.out == ""
-    [line] = done.err.strip().splitlines()
-    assert str(config) in line and key in line
 
 
 async def test_status_and_history_need_no_secret(setup: Setup, tmp_path: Path) -> None:
@@ -739,258 +590,3 @@ async def test_status_and_history_need_no_secret(setup: Setup, tmp_path: Path) -
     assert "r1-m1" in status.out
     assert history.code == 0, history.err
     assert "passed" in history.out
-
-
-@pytest.mark.parametrize("command", ["status", "history", "check-config"])
-def test_every_command_has_help_with_an_example(
-    command: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """--help describes the command and ends with an example of it."""
-    with pytest.raises(SystemExit) as exited:
-        cli.main([command, "--help"])
-    assert exited.value.code == 0
-    out = capsys.readouterr().out
-    assert f"usage: rackwatch {command}" in out
-    assert out.strip().splitlines()[-1].startswith(f"example: rackwatch {command}")
-
-
-def test_status_text_says_when_a_rack_is_due_failed_or_never_checked() -> None:
-    """An overdue rack is due now, a failed cycle shows its error, a new rack is never checked."""
-    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-    failed = CycleRecord(
-        id=1,
-        rack="r1",
-        started_at=now - timedelta(hours=7),
-        finished_at=now - timedelta(hours=7) + timedelta(seconds=2.5),
-        status="error",
-        error="unknown rack 'r1': MAAS has no tag of that name",
-    )
-    text = report.status_text(
-        [
-            report.RackStatus("r1", failed, now, []),
-            report.RackStatus("r2", None, now + timedelta(minutes=7), []),
-        ],
-        now,
-    )
-    assert text.splitlines() == [
-        "r1: last cycle started 7h 0m ago, ended after 2.5s: error; next check due now",
-        "  unknown rack 'r1': MAAS has no tag of that name",
-        "  no agents recorded",
-        "",
-        "r2: never checked; next check in 7m 0s",
-        "  no agents recorded",
-        "",
-        "2 racks, 0 agents by their last outcome: 0 passed, 0 failed or timed out, 0 errors,"
-        " 0 not checked; 0 jobs in flight",
-        "by health: 0 healthy, 0 unhealthy, 0 excluded, 0 unknown; 0 rack incidents open",
-    ]
-    assert report.plural(2412, "agent") == "2,412 agents"
-
-
-# the store's status queries
-
-T0 = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
-
-
-class Recorder:
-    """Writes checks straight into a store, one cycle at a time, at fixed times."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.hour = 0
-
-    def cycle(
-        self, rack: str, outcomes: dict[str, Outcome | None], status: str | None = None
-    ) -> int:
-        self.hour += 6
-        start = T0 + timedelta(hours=self.hour)
-        cycle_id = self.store.start_cycle(rack, start)
-        for minute, (agent, outcome) in enumerate(outcomes.items(), 1):
-            at = start + timedelta(minutes=minute)
-            if outcome is None or not outcome.is_skip:
-                check_id = self.store.begin_job(
-                    cycle_id,
-                    rack=rack,
-                    agent=agent,
-                    machine=f"{agent}.lab",
-                    queue=agent,
-                    job_id=f"{agent}@{self.hour}",
-                    at=at,
-                )
-                if outcome is not None:
-                    self.store.finish_check(
-                        check_id, outcome=outcome, at=at + timedelta(seconds=30)
-                    )
-            else:
-                self.store.record_outcome(
-                    cycle_id, rack=rack, agent=agent, machine=f"{agent}.lab", outcome=outcome, at=at
-                )
-        end = start + timedelta(minutes=30)
-        if status is not None:
-            self.store.finish_cycle(cycle_id, end, status)
-        return cycle_id
-
-
-def test_agent_states_follow_each_agents_latest_checks(tmp_path: Path) -> None:
-    """Across cycles: latest outcome, the failure run, last pass, job in flight and rack moves."""
-    o = Outcome
-    with Store.open(tmp_path / "state.db") as store:
-        recorder = Recorder(store)
-        recorder.cycle("r1", {"a": o.PASSED, "b": o.FAILED, "c": o.PASSED, "gone": o.FAILED}, "ok")
-        later: list[dict[str, Outcome | None]] = [
-            {"a": o.FAILED, "b": o.ERROR, "c": o.PASSED, "d": o.PASSED, "e": o.PASSED},
-            {"a": o.BUSY, "b": o.FAILED, "c": o.PASSED, "d": o.PASSED, "e": o.PASSED},
-            {"a": o.TIMED_OUT, "b": o.OFFLINE, "c": o.PASSED, "d": None, "e": o.PASSED},
-        ]
-        for outcomes in later:
-            recorder.cycle("r1", outcomes, "failures")
-        recorder.cycle("r2", {"e": o.FAILED}, "failures")  # e moved to rack r2
-        recorder.cycle("r1", {}, "error")  # MAAS could not list the rack: its agents stay listed
-
-        states = {state.agent: state for state in store.agent_states("r1")}
-        assert list(states) == ["a", "b", "c", "d"]  # by name; "gone" left, "e" moved
-        a, b, c, d = states["a"], states["b"], states["c"], states["d"]
-        assert a.last is not None and a.last.outcome is o.TIMED_OUT
-        assert (a.consecutive_failures, a.last_passed_at) == (
-            2,
-            T0 + timedelta(hours=6, minutes=1, seconds=30),
-        )
-        assert b.last is not None and b.last.outcome is o.OFFLINE
-        assert (b.consecutive_failures, b.last_passed_at) == (2, None)  # the error is no pass
-        assert c.consecutive_failures == 0 and c.last_passed_at is not None
-        assert c.last is not None and c.last_passed_at == c.last.finished_at
-        assert d.in_flight is not None and d.in_flight.job_id == "d@24"
-        assert d.last is not None and d.last.outcome is o.PASSED and d.last.job_id == "d@18"
-        assert a.in_flight is None
-        assert (a.rack, a.machine) == ("r1", "a.lab")
-
-        [e] = store.agent_states("r2")
-        assert (e.agent, e.consecutive_failures) == ("e", 1)
-        assert e.last_passed_at == T0 + timedelta(hours=24, minutes=5, seconds=30)
-        assert store.agent_states("r3") == []
-        assert store.racks() == ["r1", "r2"]
-
-
-def test_a_rack_that_never_got_through_lists_every_agent_it_checked(tmp_path: Path) -> None:
-    """With no cycle ended ok or failures, all the rack's cycles name its agents."""
-    with Store.open(tmp_path / "state.db") as store:
-        recorder = Recorder(store)
-        recorder.cycle("r1", {"a": Outcome.FAILED}, "interrupted")
-        recorder.cycle("r1", {"b": Outcome.PASSED})  # still running
-        assert [s.agent for s in store.agent_states("r1")] == ["a", "b"]
-
-
-def test_status_queries_search_indexes_and_never_scan_the_checks(tmp_path: Path) -> None:
-    """Every step of the per-agent query is an index search, so history size does not matter."""
-    path = tmp_path / "state.db"
-    Store.open(path).close()
-    conn = sqlite3.connect(path)
-    try:
-        params = {"rack": "r1", "passed": "passed", "failed": "failed", "timed_out": "timed_out"}
-        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _AGENT_MARKS_SQL, params)]
-    finally:
-        conn.close()
-    on_checks = [step for step in plan if re.search(r"\b(checks|passed)\b", step)]
-    assert len(on_checks) >= 5, plan
-    assert all(step.startswith("SEARCH") for step in on_checks), plan
-    assert not any(step.startswith("SCAN cycles") for step in plan), plan
-
-
-def test_a_schema_1_file_gains_the_status_index_and_keeps_its_rows(tmp_path: Path) -> None:
-    """A file written before the status index is upgraded by the writer; readers wait for that."""
-    path = tmp_path / "state.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        _migrate(conn, path, MIGRATIONS[:1])
-        conn.execute(
-            "INSERT INTO cycles (rack, started_at) VALUES ('r1', '2026-11-27T05:00:00+00:00')"
-        )
-    finally:
-        conn.close()
-    with pytest.raises(StoreError, match="older than this rackwatch"):
-        Store.open_readonly(path)
-
-    Store.open(path).close()
-    conn = sqlite3.connect(path)
-    try:
-        indexes = {
-            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
-        }
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    finally:
-        conn.close()
-    assert "checks_agent_outcome" in indexes
-    with Store.open_readonly(path) as store:
-        assert store.racks() == ["r1"]
-
-
-def test_trend_queries_search_indexes_and_never_scan_the_checks(tmp_path: Path) -> None:
-    """Every lookup of the per-agent trends is an index search, so history size does not matter."""
-    path = tmp_path / "state.db"
-    Store.open(path).close()
-    conn = sqlite3.connect(path)
-    try:
-        params = {
-            "agents": '["a", "b"]',
-            "window": 10,
-            "passed": "passed",
-            "failed": "failed",
-            "timed_out": "timed_out",
-            "stale": "stale",
-        }
-        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _AGENT_TRENDS_SQL, params)]
-    finally:
-        conn.close()
-    on_checks = [step for step in plan if re.search(r"\bchecks\b", step)]
-    assert len(on_checks) >= 7, plan
-    assert all(step.startswith("SEARCH") for step in on_checks), plan
-
-
-def test_trends_give_the_latest_maas_status_and_the_current_stale_run(tmp_path: Path) -> None:
-    """MAAS status comes from the newest check, in flight or not; stale since the run's start."""
-    o = Outcome
-    with Store.open(tmp_path / "state.db") as store:
-        start = datetime.now(UTC) - timedelta(days=3)
-        runs: dict[str, list[tuple[Outcome | None, str]]] = {
-            "back": [(o.STALE, "Deployed"), (o.PASSED, "Deployed")],
-            "again": [
-                (o.STALE, "Deployed"),
-                (o.PASSED, "Deployed"),
-                (o.STALE, "Deployed"),
-                (o.STALE, "Broken"),
-            ],
-            "running": [(o.PASSED, "Deployed"), (None, "Failed testing")],
-        }
-        created: dict[str, list[datetime]] = {}
-        for agent, checks in runs.items():
-            for step, (outcome, maas_status) in enumerate(checks):
-                at = start + timedelta(hours=6 * step)
-                cycle_id = store.start_cycle(agent, at)
-                created.setdefault(agent, []).append(at)
-                if outcome is o.STALE:
-                    store.record_outcome(
-                        cycle_id,
-                        rack=agent,
-                        agent=agent,
-                        machine=agent,
-                        outcome=outcome,
-                        at=at,
-                        maas_status=maas_status,
-                    )
-                    continue
-                check_id = store.begin_job(
-                    cycle_id,
-                    rack=agent,
-                    agent=agent,
-                    machine=agent,
-                    queue=agent,
-                    job_id=f"{agent}-{step}",
-                    at=at,
-                    maas_status=maas_status,
-                )
-                if outcome is not None:
-                    store.finish_check(check_id, outcome=outcome, at=at + timedelta(minutes=9))
-        trends = store.trends(list(runs))
-    assert [trends[a].stale_since for a in runs] == [None, created["again"][2], None]
-    assert [trends[a].maas_status for a in runs] == ["Deployed", "Broken", "Failed testing"]
-    assert trends["running"].provision_s == (540.0,)  # never submitted: timed from its creation

@@ -1,4 +1,5 @@
-"""The MAAS and Testflinger clients, built together from the configuration."""
+"""The clients of MAAS, Testflinger and the alerts webhook, and the one place that builds the
+MAAS and Testflinger clients from the configuration, each with its own part of it."""
 
 from __future__ import annotations
 
@@ -7,18 +8,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from rackwatch.clients._http import Http, RetryPolicy, make_session
+import aiohttp
+
+from rackwatch.clients._http import Pool, RetryPolicy, make_session
 from rackwatch.clients.maas import MaasClient, check_rack_name
 from rackwatch.clients.testflinger import TestflingerClient
+from rackwatch.clients.webhook import WebhookClient
 from rackwatch.config import Settings
 
 __all__ = [
     "Clients",
     "MaasClient",
-    "RetryPolicy",
     "TestflingerClient",
+    "WebhookClient",
+    "Pool",
+    "RetryPolicy",
     "check_rack_name",
     "connect",
+    "make_clients",
+    "make_session",
 ]
 
 
@@ -28,6 +36,18 @@ class Clients:
     testflinger: TestflingerClient
 
 
+def make_clients(
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    retry: RetryPolicy = RetryPolicy.DEFAULT,
+    *,
+    limiter: asyncio.Semaphore,
+) -> Clients:
+    """Both clients over `session`, with at most `limiter`'s count of requests in flight."""
+    pool = Pool(session, limiter, retry)
+    return Clients(MaasClient(settings.maas, pool), TestflingerClient(settings.testflinger, pool))
+
+
 @asynccontextmanager
 async def connect(
     settings: Settings,
@@ -35,38 +55,10 @@ async def connect(
     *,
     limiter: asyncio.Semaphore | None = None,
 ) -> AsyncIterator[Clients]:
-    """Both clients over one session, with at most `check.concurrency` requests in flight.
+    """Both clients on a session of their own; at most `check.concurrency` requests in flight.
 
     Pass a `limiter` to share that bound with clients connected elsewhere in the process.
     """
-    retry = retry or RetryPolicy()
     limiter = limiter or asyncio.Semaphore(settings.check.concurrency)
-    api_key = settings.maas.api_key.get_secret_value()
-    secret = settings.testflinger.secret.get_secret_value()
     async with make_session() as session:
-        maas = Http(
-            "maas",
-            session,
-            timeout_s=settings.maas.timeout.total_seconds(),
-            limiter=limiter,
-            retry=retry,
-            quote_refusals=False,
-            secrets=[api_key.rsplit(":", 1)[-1]],
-        )
-        testflinger = Http(
-            "testflinger",
-            session,
-            timeout_s=settings.testflinger.timeout.total_seconds(),
-            limiter=limiter,
-            retry=retry,
-            secrets=[secret],
-        )
-        yield Clients(
-            MaasClient(maas, settings.maas.url, api_key),
-            TestflingerClient(
-                testflinger,
-                settings.testflinger.url,
-                client_id=settings.testflinger.client_id,
-                secret=secret,
-            ),
-        )
+        yield make_clients(settings, session, retry or RetryPolicy.DEFAULT, limiter=limiter)

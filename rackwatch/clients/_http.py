@@ -5,6 +5,9 @@
 twice is retried only after failures that leave the server untouched, and a 401 can renew the
 credentials for the next attempt. It returns the statuses the caller expects as a `Reply` and
 raises an `UpstreamError` for everything else. No aiohttp exception leaves this module.
+
+`RetryPolicy` holds the retry presets of every client and command; `Pool` is what the clients
+of one process share: the session, the bound on requests in flight and a retry policy.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, ClassVar, TypedDict
+from urllib.parse import urlsplit
 
 import aiohttp
 import stamina
@@ -44,12 +48,52 @@ Renewal = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How hard to try before a transient failure becomes an error."""
+    """How hard to try before a transient failure becomes an error.
+
+    The presets are class attributes: `DEFAULT` for the checks, `PROBE` for the commands that
+    try a service for an operator, `DELIVERY` for each alert sent, and `DEMO`.
+    """
 
     attempts: int = 5
     timeout_s: float = 300.0  # no attempt starts after this many seconds
     wait_initial_s: float = 1.0
     wait_max_s: float = 30.0  # also caps a server's Retry-After
+
+    DEFAULT: ClassVar[RetryPolicy]
+    PROBE: ClassVar[RetryPolicy]
+    DELIVERY: ClassVar[RetryPolicy]
+    DEMO: ClassVar[RetryPolicy]
+
+
+RetryPolicy.DEFAULT = RetryPolicy()
+# check-config and alerts test: enough to tell a flaky service from a wrong one, quickly.
+RetryPolicy.PROBE = RetryPolicy(attempts=2, timeout_s=10.0, wait_initial_s=0.5, wait_max_s=2.0)
+# One alert's delivery: a failing webhook leaves it queued for the next run soon enough.
+RetryPolicy.DELIVERY = RetryPolicy(attempts=3, timeout_s=30.0, wait_initial_s=1.0, wait_max_s=10.0)
+# The demo's lab is on 127.0.0.1: short waits keep the demo's run to seconds.
+RetryPolicy.DEMO = RetryPolicy(attempts=3, timeout_s=10.0, wait_initial_s=0.2, wait_max_s=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """What the clients of one process share.
+
+    `limiter` bounds the requests in flight across every client built on the pool, so that
+    MAAS and Testflinger together never have more than `check.concurrency` requests out.
+    """
+
+    session: aiohttp.ClientSession
+    limiter: asyncio.Semaphore
+    retry: RetryPolicy = RetryPolicy.DEFAULT
+
+
+class RequestOptions(TypedDict, total=False):
+    """The options of `Http.request` that a client passes through as they are."""
+
+    expect: Collection[int]
+    params: Mapping[str, str] | None
+    json_body: Any
+    idempotent: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,32 +129,37 @@ class _Renewed(Exception):
 
 
 class Http:
-    """Requests to one service.
+    """Requests to one service, over the session and within the limiter of a `Pool`.
 
-    All `Http` objects of a process share one session and one semaphore, so `limiter` bounds
-    the requests in flight across MAAS and Testflinger together. The per-request timeout
-    starts once a slot is free: waiting for a slot is not the server being slow.
+    The per-request timeout starts once a slot of the limiter is free: waiting for a slot is
+    not the server being slow. `secrets` never appear in a message; with `quote_refusals`
+    False, neither does the body of a 401 or 403.
+
+    With `redact_url`, the URL is itself a secret (a webhook's carries its token): messages name
+    the service and the method but no path, and the URL, its path and its query are redacted from
+    every answer quoted. With `follow_redirects` False, a redirect is an answer like any other.
     """
 
     def __init__(
         self,
         service: str,
-        session: aiohttp.ClientSession,
+        pool: Pool,
         *,
         timeout_s: float,
-        limiter: asyncio.Semaphore,
-        retry: RetryPolicy,
         quote_refusals: bool = True,
         secrets: Sequence[str] = (),
+        redact_url: bool = False,
+        follow_redirects: bool = True,
     ) -> None:
         self.service = service
-        self._session = session
+        self._session = pool.session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._limiter = limiter
-        self._retry = retry
-        # MAAS echoes the token secret in some 401 bodies: those are never quoted.
+        self._limiter = pool.limiter
+        self._retry = pool.retry
         self._quote_refusals = quote_refusals
         self._secrets = [s for s in secrets if s]
+        self._redact_url = redact_url
+        self._follow_redirects = follow_redirects
 
     async def request(
         self,
@@ -138,7 +187,9 @@ class Http:
         credentials `headers` then gives. A 401 on the last attempt, or on the attempt right after
         a renewal, and any 403, raise UpstreamAuthError.
         """
-        what = f"{self.service} {method} {URL(url).path}"
+        what = f"{self.service} {method}"
+        if not self._redact_url:
+            what += f" {URL(url).path}"
         # Most requests succeed at once, and a retry context costs more than the request: the
         # first attempt goes out bare, and its failure becomes the retry loop's first attempt.
         sent = await headers() if headers is not None else None
@@ -212,7 +263,7 @@ class Http:
                     json=json_body,
                     headers=sent_headers,
                     timeout=self._timeout,
-                    allow_redirects=True,
+                    allow_redirects=self._follow_redirects,
                 ) as response,
             ):
                 body = await response.read()
@@ -233,7 +284,8 @@ class Http:
 
         if status in expect:
             return Reply(status, body, what)
-        raise self._error(what, status, body, retry_after, idempotent)
+        said = self._redact(excerpt(body), url)
+        raise self._error(what, status, said, retry_after, idempotent)
 
     def _no_answer(self, message: str, *, uncertain: bool) -> UpstreamUnavailable:
         if uncertain:
@@ -241,14 +293,15 @@ class Http:
         return UpstreamUnavailable(self.service, message)
 
     def _error(
-        self, what: str, status: int, body: bytes, retry_after: float | None, idempotent: bool
+        self, what: str, status: int, said: str, retry_after: float | None, idempotent: bool
     ) -> UpstreamError:
+        """The error for an answer `status` that the caller did not expect; `said` is its body."""
         if status in (401, 403):
-            said = f": {self._redact(excerpt(body))}" if self._quote_refusals else ""
+            quoted = f": {said}" if self._quote_refusals else ""
             return UpstreamAuthError(
-                self.service, f"{what} refused the credentials ({status}){said}", status=status
+                self.service, f"{what} refused the credentials ({status}){quoted}", status=status
             )
-        message = f"{what} answered {status}: {self._redact(excerpt(body))}"
+        message = f"{what} answered {status}: {said}"
         if status in UNCERTAIN_STATUSES and not idempotent:
             return UpstreamOutcomeUnknown(
                 self.service, f"{message}; {MAY_HAVE_HAPPENED}", status=status
@@ -259,10 +312,10 @@ class Http:
             )
         return UpstreamResponseError(self.service, message, status=status)
 
-    def _redact(self, text: str) -> str:
+    def _redact(self, text: str, url: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return text
+        return without_url(text, url) if self._redact_url else text
 
     def _backoff(self, exc: Exception) -> bool | float:
         if isinstance(exc, _Renewed):
@@ -272,6 +325,15 @@ class Http:
         if exc.retry_after is not None:
             return min(exc.retry_after, self._retry.wait_max_s)
         return True
+
+
+def without_url(text: str, url: str) -> str:
+    """`text` without the URL, its path or its query, should a server or an error quote them."""
+    parts = urlsplit(url)
+    for secret in (url, parts.path if len(parts.path) > 1 else "", parts.query):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

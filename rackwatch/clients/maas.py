@@ -8,7 +8,8 @@ from typing import Any
 
 from oauthlib import oauth1
 
-from rackwatch.clients._http import Http
+from rackwatch.clients._http import Http, Pool
+from rackwatch.config import MaasSettings
 from rackwatch.errors import UnknownRackError, UpstreamResponseError, UsageError
 from rackwatch.model import Machine
 
@@ -32,10 +33,17 @@ class MaasClient:
     empty. Every attempt is signed anew, because MAAS refuses a nonce it has seen before.
     """
 
-    def __init__(self, http: Http, url: str, api_key: str) -> None:
-        consumer_key, token_key, token_secret = api_key.split(":")
-        self._http = http
-        self._machines_url = f"{url}api/2.0/machines/"
+    def __init__(self, settings: MaasSettings, pool: Pool) -> None:
+        consumer_key, token_key, token_secret = settings.api_key.get_secret_value().split(":")
+        # MAAS echoes the token secret in some 401 bodies: those are never quoted.
+        self._http = Http(
+            "maas",
+            pool,
+            timeout_s=settings.timeout.total_seconds(),
+            quote_refusals=False,
+            secrets=[token_secret],
+        )
+        self._machines_url = f"{settings.url}api/2.0/machines/"
         self._signer = oauth1.Client(
             consumer_key,
             client_secret="",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Unpack
 
 import aiohttp
 
-from rackwatch.clients._http import Http, Reply
+from rackwatch.clients._http import Http, Pool, Reply, RequestOptions
+from rackwatch.config import TestflingerSettings
 from rackwatch.errors import UpstreamResponseError
 from rackwatch.model import ActiveJob, Agent, JobDefinition, JobResult
 
@@ -29,9 +30,13 @@ class TestflingerClient:
 
     __test__ = False  # not a pytest test class, whatever its name says
 
-    def __init__(self, http: Http, url: str, *, client_id: str = "", secret: str = "") -> None:
-        self._http = http
-        self._url = url
+    def __init__(self, settings: TestflingerSettings, pool: Pool) -> None:
+        secret = settings.secret.get_secret_value()
+        self._http = Http(
+            "testflinger", pool, timeout_s=settings.timeout.total_seconds(), secrets=[secret]
+        )
+        self._url = settings.url
+        client_id = settings.client_id
         self._login = aiohttp.encode_basic_auth(client_id, secret) if client_id else None
         self._token: str | None = None
         self._token_expires = 0.0  # time.monotonic() value
@@ -40,10 +45,7 @@ class TestflingerClient:
     async def agents(self) -> list[Agent]:
         """Every agent the server knows."""
         reply = await self._call("GET", "v1/agents/data")
-        data = reply.json()
-        if not isinstance(data, list):
-            raise UpstreamResponseError("testflinger", f"{reply.what}: expected a list of agents")
-        return [parse_agent(item, reply.what) for item in data]
+        return [parse_agent(item, reply.what) for item in _items(reply, "agents")]
 
     async def agent(self, name: str) -> Agent | None:
         """One agent, or None when the server does not know it."""
@@ -79,19 +81,14 @@ class TestflingerClient:
         )
         if reply.status == 204:
             return []
-        data = reply.json()
-        if not isinstance(data, list):
-            raise UpstreamResponseError("testflinger", f"{reply.what}: expected a list of jobs")
-        return [parse_active_job(item, reply.what) for item in data]
+        return [parse_active_job(item, reply.what) for item in _items(reply, "jobs")]
 
     async def job(self, job_id: str) -> JobDefinition | None:
         """What the job was submitted as, or None when the server has no such job."""
         reply = await self._call("GET", f"v1/job/{job_id}", expect=(200, 204))
         if reply.status == 204:
             return None
-        data = reply.json()
-        if not isinstance(data, dict) or not isinstance(data.get("job_queue"), str):
-            raise UpstreamResponseError("testflinger", f"{reply.what}: no job_queue in the answer")
+        data = _record(reply, "job_queue")
         tags = data.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
             raise UpstreamResponseError("testflinger", f"{reply.what}: tags is not a list of text")
@@ -102,9 +99,7 @@ class TestflingerClient:
         reply = await self._call("GET", f"v1/result/{job_id}", expect=(200, 204))
         if reply.status == 204:
             return None
-        data = reply.json()
-        if not isinstance(data, dict) or not isinstance(data.get("job_state"), str):
-            raise UpstreamResponseError("testflinger", f"{reply.what}: no job_state in the answer")
+        data = _record(reply, "job_state")
         return JobResult(
             job_id=job_id,
             state=data["job_state"],
@@ -128,26 +123,10 @@ class TestflingerClient:
         if self._login is not None:
             await self._fresh_token(stale=self._token)
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        expect: Collection[int] = (200,),
-        params: Mapping[str, str] | None = None,
-        json_body: Any = None,
-        idempotent: bool = True,
-    ) -> Reply:
+    async def _call(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Reply:
         url = self._url + path
         if self._login is None:
-            return await self._http.request(
-                method,
-                url,
-                expect=expect,
-                params=params,
-                json_body=json_body,
-                idempotent=idempotent,
-            )
+            return await self._http.request(method, url, **options)
         sent: str | None = None  # the token of the latest attempt
 
         async def bearer() -> Mapping[str, str]:
@@ -159,16 +138,7 @@ class TestflingerClient:
         async def renew() -> None:
             await self._fresh_token(stale=sent)
 
-        return await self._http.request(
-            method,
-            url,
-            expect=expect,
-            params=params,
-            json_body=json_body,
-            headers=bearer,
-            idempotent=idempotent,
-            renew=renew,
-        )
+        return await self._http.request(method, url, headers=bearer, renew=renew, **options)
 
     async def _current_token(self) -> str:
         if self._token is None or time.monotonic() >= self._token_expires:
@@ -197,6 +167,22 @@ class TestflingerClient:
             self._token = token
             self._token_expires = time.monotonic() + max(expires_in - TOKEN_MARGIN_S, 1.0)
             return token
+
+
+def _items(reply: Reply, noun: str) -> list[Any]:
+    """The answer's list of records; anything else is an UpstreamResponseError."""
+    data = reply.json()
+    if not isinstance(data, list):
+        raise UpstreamResponseError("testflinger", f"{reply.what}: expected a list of {noun}")
+    return data
+
+
+def _record(reply: Reply, key: str) -> dict[str, Any]:
+    """The answer's object, which must hold text under `key`."""
+    data = reply.json()
+    if not isinstance(data, dict) or not isinstance(data.get(key), str):
+        raise UpstreamResponseError("testflinger", f"{reply.what}: no {key} in the answer")
+    return data
 
 
 def parse_agent(item: Any, what: str) -> Agent:

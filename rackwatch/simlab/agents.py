@@ -1,10 +1,11 @@
-"""Testflinger's agents and jobs, and the agents' simulated work.
+"""The agents' simulated work, and the jobs as the Testflinger server stores them.
 
-`AgentFleet` stores jobs as the Testflinger server does and plays every agent with timers on the
-event loop (loop.call_later), never with a task per agent, so thousands of idle agents cost
-nothing. An agent that takes a job walks it through setup, provision (then test and reserve when
-the job asks for them) and cleanup, as the real agent does, and ends it "complete" whatever the
-outcome; its `Behaviour` decides the outcome and whether it takes jobs at all.
+`AgentFleet` stores jobs (`SimJob`) as the Testflinger server does and plays every agent
+(`SimAgent`) with timers on the event loop (loop.call_later), never with a task per agent, so
+thousands of idle agents cost nothing. An agent that takes a job walks it through setup, provision
+(then test and reserve when the job asks for them) and cleanup, as the real agent does, and ends it
+"complete" whatever the outcome; its `Behaviour` decides the outcome and whether it takes jobs at
+all.
 """
 
 from __future__ import annotations
@@ -13,129 +14,18 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from functools import partial
 from typing import Any
 
+from rackwatch.simlab.state import Behaviour, SimAgent, SimJob
+
 STALE_AGE_S = 3 * 24 * 3600.0
 FINAL_JOB_STATES = frozenset({"complete", "completed", "cancelled"})
-
-
-class Behaviour(StrEnum):
-    """How a machine's agent behaves."""
-
-    PASS = "pass"  # noqa: S105 - waiting; takes the job; provisioning passes
-    FAIL = "fail"  # provisioning fails with exit code 1
-    RECOVERY_FAIL = "recovery_fail"  # provisioning fails with 46; the agent then goes offline
-    NEVER_PICKS_UP = "never_picks_up"  # waiting and recently updated, but never takes a job
-    SLOW = "slow"  # provisioning takes Lab.slow_factor times the provision time
-    OFFLINE = "offline"  # state offline, set by an admin
-    MAINTENANCE = "maintenance"  # state maintenance
-    BUSY = "busy"  # running someone else's job, which never ends
-    STALE = "stale"  # waiting, but updated_at is 3 days old; never takes jobs
-    FAIL_STREAK = "fail_streak"  # waiting with a fail streak of 25; would pass if given a job
-    SHARED_QUEUE = "shared_queue"  # its only queue is shared with another agent
-
-
 _EXIT_CODES = {Behaviour.FAIL: 1, Behaviour.RECOVERY_FAIL: 46}
-_NEVER_TAKES_JOBS = frozenset({Behaviour.NEVER_PICKS_UP, Behaviour.STALE})
 _RESTING_STATES = {
     Behaviour.OFFLINE: ("offline", "Set to offline by admin. Reason: PSU fault reported"),
     Behaviour.MAINTENANCE: ("maintenance", "Set to offline by admin for lab-related task."),
 }
-
-
-@dataclass(eq=False)
-class SimJob:
-    """One stored job. Two jobs may share a job_id, as on the real server."""
-
-    job_id: str
-    queue: str
-    body: dict[str, Any]
-    seq: int
-    priority: int = 0
-    exclude: frozenset[str] = frozenset()
-    state: str = "waiting"
-    statuses: dict[str, int] = field(default_factory=dict)
-    device_info: dict[str, str] = field(default_factory=dict)
-    provision_output: str | None = None
-    agent: SimAgent | None = None  # the agent running it
-    created_at: float = field(default_factory=time.time)  # Unix time of submission
-
-    @property
-    def tags(self) -> list[str]:
-        return list(self.body.get("tags") or ())
-
-    def result(self) -> dict[str, Any]:
-        """The body of GET /v1/result/<job_id>: only what is known so far."""
-        result: dict[str, Any] = {"job_state": self.state}
-        for phase, code in self.statuses.items():
-            result[f"{phase}_status"] = code
-        if self.provision_output is not None:
-            result["provision_output"] = self.provision_output
-        if self.device_info:
-            result["device_info"] = dict(self.device_info)
-        return result
-
-
-@dataclass(eq=False)
-class SimAgent:
-    """A Testflinger agent: its record and where it is in its current job."""
-
-    name: str
-    hostname: str
-    behaviour: Behaviour
-    queues: list[str]
-    location: str
-    device_ip: str
-    provision_type: str = "maas2"
-    identifier: str | None = None
-    state: str = "waiting"
-    comment: str = ""
-    job_id: str | None = None  # absent from the record until the agent first posts one
-    updated_at: float = 0.0  # Unix time
-    streak_type: str | None = None
-    streak_count: int | None = None
-    job: SimJob | None = None
-    foreign_job: SimJob | None = None  # someone else's job, for BUSY
-    phase: str | None = None
-    plan: list[tuple[str, float, int]] = field(default_factory=list)  # (phase, seconds, exit code)
-    timer: asyncio.TimerHandle | None = None
-    deferred_state: tuple[str, str] | None = None  # (state, comment) to take when the job ends
-
-    @property
-    def takes_jobs(self) -> bool:
-        return (
-            self.job is None and self.state == "waiting" and self.behaviour not in _NEVER_TAKES_JOBS
-        )
-
-    def record(self) -> dict[str, Any]:
-        """The agent as GET /v1/agents/data shows it."""
-        record: dict[str, Any] = {
-            "name": self.name,
-            "state": self.state,
-            "queues": list(self.queues),
-            "location": self.location,
-            "provision_type": self.provision_type,
-            "comment": self.comment,
-            "updated_at": iso_time(self.updated_at),
-            "restricted_to": {},
-        }
-        if self.identifier is not None:
-            record["identifier"] = self.identifier
-        if self.job_id is not None:
-            record["job_id"] = self.job_id
-        if self.streak_type is not None:
-            record["provision_streak_type"] = self.streak_type
-            record["provision_streak_count"] = self.streak_count
-        return record
-
-
-def iso_time(unix: float) -> str:
-    """A timestamp as Testflinger writes what it reads back from its database."""
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class AgentFleet:

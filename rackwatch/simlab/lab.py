@@ -1,9 +1,10 @@
 """The simulated lab: the description a test writes, and the state both services serve.
 
 A `Lab` is racks of machines (`SimRack`, `SimMachine`), each machine with the `Behaviour` of its
-Testflinger agent. It is the MAAS inventory that `maas` serves, the agent fleet that `testflinger`
-serves and `agents` simulates, and the switchboard tests use: fault injection, request counts,
-submitted jobs, and mutators that change the lab between cycles.
+Testflinger agent. It is the MAAS inventory that `maas` serves, the agent fleet and the logins that
+`testflinger` serves (`agents` simulates the fleet), and the switchboard tests use: fault injection,
+request counts, submitted jobs, and mutators that change the lab between cycles. The service
+modules know a lab only as `state` describes it, so that this module alone imports them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from rackwatch.simlab.agents import AgentFleet, Behaviour, SimAgent, SimJob
+from rackwatch.simlab.agents import AgentFleet
 from rackwatch.simlab.faults import Fault, lab_middleware
 from rackwatch.simlab.maas import MAAS_STATUSES, MaasApi
+from rackwatch.simlab.state import Behaviour, SimAgent, SimJob, SimMachine, SimRack
 from rackwatch.simlab.testflinger import TestflingerApi, flask_errors
 
 __all__ = [
@@ -38,25 +40,6 @@ __all__ = [
 
 # A fake key in MAAS's consumer_key:token_key:token_secret shape (18, 18 and 32 characters).
 DEFAULT_MAAS_API_KEY = "SmLbCnsmrKeyFake23:SmLbTkenKeyFake456:FakeSecretSmLbNtRea2345678abcdef"
-
-
-@dataclass
-class SimMachine:
-    """A machine in MAAS, and its Testflinger agent unless `behaviour` is None."""
-
-    hostname: str
-    behaviour: Behaviour | None = Behaviour.PASS
-    maas_status: str = "Deployed"  # MAAS status_name
-    agent_name: str | None = None  # defaults to the hostname
-
-
-@dataclass
-class SimRack:
-    """A rack: a MAAS tag on its machines, and the location text of their agents."""
-
-    name: str
-    machines: list[SimMachine]
-    location: str = ""  # defaults to the rack name in capitals
 
 
 @dataclass(frozen=True)
@@ -198,7 +181,7 @@ class Lab(AgentFleet):
             middlewares=[lab_middleware(self.requests, self.faults, self._background), flask_errors]
         )
         MaasApi(self).register(app.router)
-        TestflingerApi(self).register(app.router)
+        TestflingerApi(fleet=self, accounts=self).register(app.router)
         app.on_cleanup.append(self._on_cleanup)
         return app
 

@@ -14,13 +14,12 @@ import hmac
 import re
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from rackwatch.simlab.lab import Lab, SimMachine
+from rackwatch.simlab.state import MaasInventory, SimMachine
 
 API = "/MAAS/api/2.0"
 USERNAME = "rackwatch"
@@ -105,7 +104,7 @@ def _unauthorised(reason: str) -> web.Response:
 class MaasApi:
     """The MAAS routes, over a lab's inventory."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: MaasInventory) -> None:
         self._lab = lab
         self._consumer_key, self._token_key, self._token_secret = lab.maas_api_key.split(":")
         self._nonces: set[tuple[str, str, str]] = set()
@@ -339,7 +338,7 @@ def _split(values: list[str]) -> list[str]:
     return [item for value in values for item in re.split(r"[,\s]+", value) if item]
 
 
-def _selected(lab: Lab, machine: SimMachine, wanted: dict[str, list[str]]) -> bool:
+def _selected(lab: MaasInventory, machine: SimMachine, wanted: dict[str, list[str]]) -> bool:
     tags = {lab.machine_rack[machine.hostname]}
     label = _STATUS_LABELS[MAAS_STATUSES.index(machine.maas_status)]
     system_id = lab.system_ids[machine.hostname]

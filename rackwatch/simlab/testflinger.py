@@ -2,9 +2,9 @@
 
 Errors come in the real server's three shapes: schema validation (422, {"message": "Validation
 error", "detail": {"json": {field: [messages]}}}, or "query" for a query string), explicit aborts
-({"message": ..., "detail": {}}) and plain text served as text/html. With `Lab.testflinger_login`
-set the server is "locked down": every endpoint but GET /v1/ and the oauth2 ones wants
-`Authorization: Bearer <token>`.
+({"message": ..., "detail": {}}) and plain text served as text/html; `schema` validates bodies. With
+a `testflinger_login` in the lab's `Accounts` the server is "locked down": every endpoint but
+GET /v1/ and the oauth2 ones wants `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from rackwatch.simlab.agents import iso_time
-
-if TYPE_CHECKING:
-    from rackwatch.simlab.lab import Lab
+from rackwatch.simlab.agents import AgentFleet
+from rackwatch.simlab.schema import AGENT_FIELDS, JOB_FIELDS, Check, one_of, string, validate
+from rackwatch.simlab.state import Accounts, SimJob, iso_time
 
 READERS = ("admin", "manager", "contributor")
 EVERYONE = ("admin", "manager", "contributor", "agent")
@@ -49,8 +48,6 @@ _SEARCH_STATES = (
     "completed",
     "active",
 )
-
-Check = Callable[[Any], list[str] | dict[str, Any] | None]
 
 
 def _abort(status: int, message: str) -> web.Response:
@@ -75,14 +72,20 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-async def _json_body(request: web.Request) -> tuple[Any, web.Response | None]:
-    """The body as the server sees it: ignored unless the request says it is JSON."""
+async def _valid_body(
+    request: web.Request, fields: dict[str, Check], required: tuple[str, ...] = ()
+) -> tuple[Any, web.Response | None]:
+    """The body as the server sees it (ignored unless the request says it is JSON), checked
+    against the schema `fields`; or the answer to a body that is not JSON or not valid."""
     if request.content_type != "application/json":
-        return {}, None
-    try:
-        return await request.json(), None
-    except ValueError:
-        return None, _abort(400, "Bad Request")
+        body: Any = {}
+    else:
+        try:
+            body = await request.json()
+        except ValueError:
+            return None, _abort(400, "Bad Request")
+    errors = validate(body, fields, required)
+    return (None, _invalid(errors)) if errors else (body, None)
 
 
 @web.middleware
@@ -101,12 +104,13 @@ async def flask_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 class TestflingerApi:
-    """The Testflinger routes, over a lab's agents and jobs."""
+    """The Testflinger routes, over a lab's agents and jobs (`fleet`) and logins (`accounts`)."""
 
     __test__ = False  # not a pytest test class, whatever its name
 
-    def __init__(self, lab: Lab) -> None:
-        self._lab = lab
+    def __init__(self, fleet: AgentFleet, accounts: Accounts) -> None:
+        self._fleet = fleet
+        self._accounts = accounts
         self._signing_key = secrets.token_bytes(32)
 
     def register(self, router: web.UrlDispatcher) -> None:
@@ -134,44 +138,44 @@ class TestflingerApi:
 
     def _authorise(self, request: web.Request, roles: tuple[str, ...]) -> web.Response | None:
         """None when the caller may use an endpoint open to `roles`."""
-        lab = self._lab
+        accounts = self._accounts
         header = request.headers.get("Authorization")
         if header is None:
-            if lab.testflinger_login is not None:
+            if accounts.testflinger_login is not None:
                 return _abort(401, "Authentication is required for specified endpoint")
             role = "contributor"  # anonymous callers count as contributors
         elif not header.startswith("Bearer "):
             role = ""  # a raw token counts as no role at all
         else:
-            issued = lab.tokens.get(header.removeprefix("Bearer "))
+            issued = accounts.tokens.get(header.removeprefix("Bearer "))
             if issued is None:
                 return _abort(403, "Unable to decode token")
-            if time.monotonic() - issued > lab.token_lifetime:
+            if time.monotonic() - issued > accounts.token_lifetime:
                 return _abort(401, "Token has expired")
-            role = lab.testflinger_role
+            role = accounts.testflinger_role
         if role in roles:
             return None
         return _abort(403, f"Specified action requires role: {', '.join(roles)}")
 
     def _access_token(self, client_id: str) -> dict[str, Any]:
-        lab = self._lab
+        accounts = self._accounts
         now = time.time()
         claims = {
-            "exp": int(now + lab.token_lifetime),
+            "exp": int(now + accounts.token_lifetime),
             "iat": int(now),
             "jti": secrets.token_hex(8),
             "sub": "access_token",
             "permissions": {
                 "client_id": client_id,
-                "role": lab.testflinger_role,
+                "role": accounts.testflinger_role,
                 "max_priority": {},
                 "allowed_queues": [],
                 "max_reservation_time": {},
             },
         }
         token = _jwt(claims, self._signing_key)
-        lab.tokens[token] = time.monotonic()
-        lifetime = lab.token_lifetime
+        accounts.tokens[token] = time.monotonic()
+        lifetime = accounts.token_lifetime
         return {
             "access_token": token,
             "token_type": "Bearer",
@@ -186,26 +190,23 @@ class TestflingerApi:
         if credentials is None:
             return _plain(401, "Client id and key must be specified in authorization header")
         client_id, secret = credentials
-        login = self._lab.testflinger_login
+        login = self._accounts.testflinger_login
         if login is None or not (
             client_id == login[0] and hmac.compare_digest(secret.encode(), login[1].encode())
         ):
             return _plain(401, "Invalid client id or client key")
-        self._lab.logins += 1
+        self._accounts.logins += 1
         refresh_token = secrets.token_hex(32)
-        self._lab.refresh_tokens.add(refresh_token)
+        self._accounts.refresh_tokens.add(refresh_token)
         return web.json_response({**self._access_token(client_id), "refresh_token": refresh_token})
 
     async def refresh(self, request: web.Request) -> web.Response:
-        body, error = await _json_body(request)
+        body, error = await _valid_body(request, {"refresh_token": string}, ("refresh_token",))
         if error is not None:
             return error
-        errors = _validate(body, {"refresh_token": _string}, required=("refresh_token",))
-        if errors:
-            return _invalid(errors)
-        if body["refresh_token"] not in self._lab.refresh_tokens:
+        if body["refresh_token"] not in self._accounts.refresh_tokens:
             return _abort(400, "Invalid refresh token.")
-        login = self._lab.testflinger_login
+        login = self._accounts.testflinger_login
         return web.json_response(self._access_token(login[0] if login else ""))
 
     # -- agents ---------------------------------------------------------------------------------
@@ -216,12 +217,12 @@ class TestflingerApi:
     async def agents(self, request: web.Request) -> web.Response:
         if (denied := self._authorise(request, READERS)) is not None:
             return denied
-        return web.json_response([agent.record() for agent in self._lab.agents.values()])
+        return web.json_response([agent.record() for agent in self._fleet.agents.values()])
 
     async def agent(self, request: web.Request) -> web.Response:
         if (denied := self._authorise(request, EVERYONE)) is not None:
             return denied
-        agent = self._lab.agents.get(request.match_info["agent_name"])
+        agent = self._fleet.agents.get(request.match_info["agent_name"])
         if agent is None:
             return web.json_response({}, status=404)
         return web.json_response(agent.record())
@@ -230,18 +231,15 @@ class TestflingerApi:
         """What an agent (or an admin setting an agent offline) posts about an agent."""
         if (denied := self._authorise(request, AGENT_WRITERS)) is not None:
             return denied
-        body, error = await _json_body(request)
+        body, error = await _valid_body(request, AGENT_FIELDS)
         if error is not None:
             return error
-        errors = _validate(body, _AGENT_FIELDS)
-        if errors:
-            return _invalid(errors)
-        lab, name = self._lab, request.match_info["agent_name"]
-        if name not in lab.agents:
-            lab.add_agent(name, queues=body.get("queues", []), location=body.get("location", ""))
-        agent = lab.agent(name)
+        fleet, name = self._fleet, request.match_info["agent_name"]
+        if name not in fleet.agents:
+            fleet.add_agent(name, queues=body.get("queues", []), location=body.get("location", ""))
+        agent = fleet.agent(name)
         if "queues" in body:
-            lab.set_queues(name, body["queues"])
+            fleet.set_queues(name, body["queues"])
         if "location" in body:
             agent.location = body["location"]
         if "job_id" in body:
@@ -251,8 +249,8 @@ class TestflingerApi:
         if "provision_type" in body:
             agent.provision_type = body["provision_type"]
         if "state" in body or "comment" in body:
-            lab.set_agent_state(name, body.get("state", agent.state), body.get("comment", ""))
-        lab.touch(agent)
+            fleet.set_agent_state(name, body.get("state", agent.state), body.get("comment", ""))
+        fleet.touch(agent)
         response = web.json_response({"status": "OK"})
         response.set_cookie("agent_name", name)
         return response
@@ -261,7 +259,7 @@ class TestflingerApi:
         if (denied := self._authorise(request, READERS)) is not None:
             return denied
         queue = request.match_info["queue"]
-        agents = self._lab.agents_serving(queue)
+        agents = self._fleet.agents_serving(queue)
         if not agents:
             return _abort(404, f"Queue '{queue}' does not exist.")
         return web.json_response(
@@ -276,12 +274,9 @@ class TestflingerApi:
     async def submit(self, request: web.Request) -> web.Response:
         if (denied := self._authorise(request, READERS)) is not None:
             return denied
-        body, error = await _json_body(request)
+        body, error = await _valid_body(request, JOB_FIELDS, ("job_queue",))
         if error is not None:
             return error
-        errors = _validate(body, _JOB_FIELDS, required=("job_queue",))
-        if errors:
-            return _invalid(errors)
         job_id = body.get("job_id")
         if job_id is not None and not _is_uuid(job_id):
             return _abort(400, "Invalid job_id specified")
@@ -293,11 +288,11 @@ class TestflingerApi:
                 403, f"Not enough permissions to push to {queue} with priority {priority}"
             )
         excluded = body.get("exclude_agents") or []
-        if excluded and all(a.name in excluded for a in self._lab.agents_serving(queue)):
+        if excluded and all(a.name in excluded for a in self._fleet.agents_serving(queue)):
             return _abort(
                 422, "There are no agents on the specified queue that are allowed to run this job"
             )
-        return web.json_response({"job_id": self._lab.submit_job(body, job_id)})
+        return web.json_response({"job_id": self._fleet.submit_job(body, job_id)})
 
     async def search(self, request: web.Request) -> web.Response:
         """Jobs by tags (`match` any or all) and states, as {job_id, created_at, job_state}."""
@@ -306,14 +301,14 @@ class TestflingerApi:
         tags, states = request.query.getall("tags", []), request.query.getall("state", [])
         match = request.query.get("match", "any")
         errors: dict[str, Any] = {}
-        if (problem := _one_of("any", "all")(match)) is not None:
+        if (problem := one_of("any", "all")(match)) is not None:
             errors["match"] = problem
         for state in states:
-            if (problem := _one_of(*_SEARCH_STATES)(state)) is not None:
+            if (problem := one_of(*_SEARCH_STATES)(state)) is not None:
                 errors["state"] = problem
         if errors:
             return _invalid(errors, "query")
-        jobs = self._lab.search_jobs(tags, every_tag=match == "all", states=states)
+        jobs = self._fleet.search_jobs(tags, every_tag=match == "all", states=states)
         return web.json_response(
             [
                 {
@@ -325,153 +320,43 @@ class TestflingerApi:
             ]
         )
 
-    async def job(self, request: web.Request) -> web.Response:
-        """The job as it was submitted, with its job_id; no state."""
-        if (denied := self._authorise(request, READERS)) is not None:
+    def _stored_job(self, request: web.Request, roles: tuple[str, ...]) -> SimJob | web.Response:
+        """The job the path names, or the answer when the caller may not look or there is none."""
+        if (denied := self._authorise(request, roles)) is not None:
             return denied
         job_id = request.match_info["job_id"]
         if not _is_uuid(job_id):
             return _abort(400, "Invalid job_id specified")
-        job = self._lab.job(job_id)
+        job = self._fleet.job(job_id)
         if job is None:
             return web.Response(status=204, content_type="application/json")
+        return job
+
+    async def job(self, request: web.Request) -> web.Response:
+        """The job as it was submitted, with its job_id; no state."""
+        job = self._stored_job(request, READERS)
+        if isinstance(job, web.Response):
+            return job
         return web.json_response({"exclude_agents": [], **job.body, "job_id": job.job_id})
 
     async def result(self, request: web.Request) -> web.Response:
-        if (denied := self._authorise(request, EVERYONE)) is not None:
-            return denied
-        job_id = request.match_info["job_id"]
-        if not _is_uuid(job_id):
-            return _abort(400, "Invalid job_id specified")
-        job = self._lab.job(job_id)
-        if job is None:
-            return web.Response(status=204, content_type="application/json")
+        job = self._stored_job(request, EVERYONE)
+        if isinstance(job, web.Response):
+            return job
         return web.json_response(job.result())
 
     async def action(self, request: web.Request) -> web.Response:
         if (denied := self._authorise(request, READERS)) is not None:
             return denied
-        body, error = await _json_body(request)
+        _, error = await _valid_body(request, {"action": one_of("cancel")}, ("action",))
         if error is not None:
             return error
-        errors = _validate(body, {"action": _one_of("cancel")}, required=("action",))
-        if errors:
-            return _invalid(errors)
         job_id = request.match_info["job_id"]
         if not _is_uuid(job_id):
             return _plain(400, "Invalid job id\n")
-        if not self._lab.cancel_job(job_id):
+        if not self._fleet.cancel_job(job_id):
             return _plain(400, "The job is already completed or cancelled")
         return _plain(200, "OK")
-
-
-# -- schema validation, with marshmallow's messages -------------------------------------------
-
-
-def _validate(
-    body: Any, fields: dict[str, Check], required: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        return {"_schema": ["Invalid input type."]}
-    errors: dict[str, Any] = {}
-    for name, value in body.items():
-        check = fields.get(name)
-        if check is None:
-            errors[name] = ["Unknown field."]
-        elif value is None and check is not _provision_data:
-            errors[name] = ["Field may not be null."]
-        elif (problem := check(value)) is not None:
-            errors[name] = problem
-    for name in required:
-        if name not in body:
-            errors[name] = ["Missing data for required field."]
-    return errors
-
-
-def _string(value: Any) -> list[str] | None:
-    return None if isinstance(value, str) else ["Not a valid string."]
-
-
-def _queue_name(value: Any) -> list[str] | None:
-    if not isinstance(value, str):
-        return ["Not a valid string."]
-    return None if value else ["Shorter than minimum length 1."]
-
-
-def _integer(value: Any) -> list[str] | None:
-    return (
-        None if isinstance(value, int) and not isinstance(value, bool) else ["Not a valid integer."]
-    )
-
-
-def _boolean(value: Any) -> list[str] | None:
-    return None if isinstance(value, bool) else ["Not a valid boolean."]
-
-
-def _mapping(value: Any) -> list[str] | None:
-    return None if isinstance(value, dict) else ["Not a valid mapping type."]
-
-
-def _strings(value: Any) -> list[str] | dict[str, Any] | None:
-    if not isinstance(value, list):
-        return ["Not a valid list."]
-    bad = {
-        str(i): ["Not a valid string."] for i, item in enumerate(value) if not isinstance(item, str)
-    }
-    return bad or None
-
-
-def _one_of(*choices: str) -> Check:
-    def check(value: Any) -> list[str] | None:
-        return None if value in choices else [f"Must be one of: {', '.join(choices)}."]
-
-    return check
-
-
-_MAAS_PROVISION = {"distro": str, "kernel": str, "user_data": str, "disks": list, "ephemeral": bool}
-
-
-def _provision_data(value: Any) -> dict[str, Any] | None:
-    """None for the MAAS and noprovision shapes (and, unchecked, connectors that take a URL)."""
-    if value is None:
-        return None
-    valid = isinstance(value, dict) and (
-        all(k in _MAAS_PROVISION and isinstance(v, _MAAS_PROVISION[k]) for k, v in value.items())
-        or (set(value) == {"skip"} and isinstance(value["skip"], bool))
-        or any(key in value for key in ("url", "use_attachment", "jobs"))
-    )
-    return None if valid else {"_schema": ["Invalid provision data schema."]}
-
-
-_JOB_FIELDS: dict[str, Check] = {
-    "job_queue": _queue_name,
-    "job_id": _string,
-    "name": _string,
-    "tags": _strings,
-    "provision_data": _provision_data,
-    "test_data": _mapping,
-    "reserve_data": _mapping,
-    "allocate_data": _mapping,
-    "firmware_update_data": _mapping,
-    "global_timeout": _integer,
-    "output_timeout": _integer,
-    "allocation_timeout": _integer,
-    "job_priority": _integer,
-    "exclude_agents": _strings,
-    "job_status_webhook": _string,
-    "parent_job_id": _string,
-    "debug": _boolean,
-}
-_AGENT_FIELDS: dict[str, Check] = {
-    "identifier": _string,
-    "job_id": _string,
-    "location": _string,
-    "log": _strings,
-    "provision_type": _string,
-    "queues": _strings,
-    "state": _string,
-    "comment": _string,
-}
 
 
 def _basic_credentials(header: str) -> tuple[str, str] | None:

@@ -1,0 +1,124 @@
+"""The command line of `rackwatch`: each command, its arguments, and where its help comes from.
+
+`build_parser` gives the parser; a parsed command names itself in `command` ("run-once",
+"alerts test", ...), for `cli` to run it. May import: `cli_help` and the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TypeAlias
+
+from rackwatch import __version__, cli_help
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rackwatch",
+        description="Finds the bad machines of a MAAS + Testflinger lab before a real test run does.",
+        epilog="Try it with no setup at all: rackwatch demo",
+    )
+    parser.add_argument("--version", action="version", version=f"rackwatch {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_check_commands(commands)
+    _add_operator_commands(commands)
+    _add_alerts_commands(commands)
+    return parser
+
+
+def _add_check_commands(commands: Commands) -> None:
+    run = _command(commands, "run")
+    _config_option(run)
+    _log_options(run)
+
+    run_once = _command(commands, "run-once")
+    run_once.add_argument("racks", nargs="*", metavar="RACK", help="default: every configured rack")
+    _config_option(run_once)
+    run_once.add_argument("--json", action="store_true", help="print the results as JSON")
+    run_once.add_argument(
+        "--dry-run", action="store_true", help="submit nothing; report 'ready' where a job would go"
+    )
+    run_once.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for racks another rackwatch is checking, instead of exiting 75",
+    )
+    _log_options(run_once)
+
+    demo = _command(commands, "demo")
+    demo.add_argument("--json", action="store_true", help="print the results as JSON")
+    _log_options(demo)
+
+
+def _add_operator_commands(commands: Commands) -> None:
+    status = _command(commands, "status")
+    status.add_argument("racks", nargs="*", metavar="RACK", help="default: every known rack")
+    _config_option(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--unhealthy",
+        action="store_true",
+        help="list only what needs a person; exit 1 when anything does",
+    )
+
+    history = _command(commands, "history")
+    history.add_argument("agent", metavar="AGENT", help="the agent's name, as status lists it")
+    history.add_argument(
+        "--limit", type=_positive_int, default=20, metavar="N", help="show N checks (default: 20)"
+    )
+    _config_option(history)
+    history.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+    _config_option(_command(commands, "check-config"))
+
+
+def _add_alerts_commands(commands: Commands) -> None:
+    group = _command(commands, "alerts")
+    actions = group.add_subparsers(title="actions", required=True, metavar="ACTION")
+    _config_option(_command(actions, "alerts test"))
+
+
+def _command(commands: Commands, command: str) -> argparse.ArgumentParser:
+    """The parser of `command` ("alerts test": `test` among `commands`), as `cli_help` says
+    it; a parsed command names itself in `command`."""
+    said = cli_help.COMMANDS[command]
+    parser = commands.add_parser(
+        command.split()[-1],
+        help=said.summary,
+        description=said.summary[0].upper() + said.summary[1:] + ".",
+        epilog=f"example: {said.example}",
+    )
+    if said.text is not None:
+        parser.description = said.text
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.set_defaults(command=command)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="configuration file (default: $RACKWATCH_CONFIG, else /etc/rackwatch/config.toml)",
+    )
+
+
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-format", choices=("auto", "console", "json", "journald"), default="auto"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value

@@ -1,0 +1,243 @@
+"""`rackwatch status` as text and JSON: a header, a table and drift per rack, then a summary.
+
+May import: `health` (to apply the slowdown rule it prints), `model`, `policy`, `status` (the
+read-model it renders), `store` (for its record types) and `render.table`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from statistics import median
+from typing import Any
+
+from rackwatch import health
+from rackwatch.model import Health, Outcome
+from rackwatch.policy import format_age
+from rackwatch.render.table import ago, duration, iso, plural, rounded, table
+from rackwatch.status import RackStatus
+from rackwatch.store import AgentState, CheckRecord, CycleRecord
+
+STATUS_COLUMNS = (
+    "AGENT",
+    "HEALTH",
+    "LAST OUTCOME",
+    "WHEN",
+    "FAILURES",
+    "PASS RATE",
+    "PROVISION",
+    "LAST PASSED",
+    "JOB IN FLIGHT",
+    "DETAIL",
+)
+
+HEALTH_ORDER = (Health.HEALTHY, Health.UNHEALTHY, Health.EXCLUDED, Health.UNKNOWN)
+
+
+def status_text(racks: Sequence[RackStatus], now: datetime) -> str:
+    """A header, a table and drift per rack, then two summary lines."""
+    blocks = [_rack_text(rack, now) for rack in racks]
+    return "\n\n".join([*blocks, status_summary(racks)])
+
+
+def unhealthy_text(racks: Sequence[RackStatus], now: datetime) -> str:
+    """`status --unhealthy` for racks `needing_a_person` kept: first one line saying how much
+    needs a person, since a Nagios check shows the first line, then the racks."""
+    if not racks:
+        return "nothing needs a person"
+    agents = sum(len(rack.agents) for rack in racks)
+    incidents = sum(rack.incident is not None for rack in racks)
+    counts = [plural(n, noun) for n, noun in ((agents, "agent"), (incidents, "rack incident")) if n]
+    head = f"needs a person: {' and '.join(counts)}, in {plural(len(racks), 'rack')}"
+    blocks = [_rack_text(rack, now, none="  no agent needs a person") for rack in racks]
+    return "\n\n".join([head, *blocks])
+
+
+def _rack_text(status: RackStatus, now: datetime, none: str = "  no agents recorded") -> str:
+    cycle = status.last_cycle
+    lines = [f"{status.rack}: {_cycle_text(cycle, now)}; {_next_text(status.next_check, now)}"]
+    if cycle is not None and cycle.error:
+        lines.append(f"  {cycle.error}")
+    if status.incident is not None:
+        opened = format_age(now - status.incident.opened_at)
+        lines.append(f"  ⚠ rack incident for {opened}: {status.incident.reason}")
+    rows = [_agent_row(status, state, now) for state in status.agents]
+    lines.append(table(STATUS_COLUMNS, rows, indent="  ") if rows else none)
+    lines.extend(_drift_lines(status, now))
+    return "\n".join(lines)
+
+
+def _agent_row(status: RackStatus, state: AgentState, now: datetime) -> tuple[str, ...]:
+    known = status.health_of(state.agent)
+    trend = status.trends.get(state.agent)
+    if known.state is Health.UNHEALTHY:
+        # Why it became unhealthy, and the job whose log says more.
+        detail = known.reason + (f" (job {known.job_id})" if known.job_id else "")
+    else:
+        detail = state.last.detail if state.last else ""
+    return (
+        state.agent,
+        str(known.state) + (f" {format_age(now - known.since)}" if known.since else ""),
+        str(state.last.outcome) if state.last else "-",
+        ago(_checked_at(state.last), now) if state.last else "-",
+        str(state.consecutive_failures),
+        f"{trend.passed}/{trend.judged}" if trend and trend.judged else "-",
+        _provision_text(trend.provision_s) if trend and trend.provision_s else "-",
+        ago(state.last_passed_at, now) if state.last_passed_at else "never",
+        (state.in_flight.job_id or "") if state.in_flight else "",
+        detail,
+    )
+
+
+def _provision_text(provision_s: Sequence[float]) -> str:
+    text = duration(median(provision_s))
+    ratio = health.slowdown(provision_s)
+    return text if ratio is None else f"{text} slower ×{ratio:.1f}"
+
+
+def _drift_lines(status: RackStatus, now: datetime) -> list[str]:
+    found = status.drift
+    lines = []
+    if found.no_agent:
+        lines.append("  no agent: " + ", ".join(found.no_agent))
+    if found.stale:
+        stale = [
+            agent + (f" (for {format_age(now - since)})" if since else "")
+            for agent, since in found.stale
+        ]
+        lines.append("  stale: " + ", ".join(stale))
+    if found.maas:
+        said = [
+            f"{state.machine or state.agent} {maas_status} ({_agent_health_text(status, state)})"
+            for state, maas_status in found.maas
+        ]
+        lines.append("  MAAS says: " + ", ".join(said))
+    return lines
+
+
+def _agent_health_text(status: RackStatus, state: AgentState) -> str:
+    if state.last is not None and state.last.outcome is Outcome.NO_AGENT:
+        return "no agent"
+    return f"agent {status.health_of(state.agent).state}"
+
+
+def _cycle_text(cycle: CycleRecord | None, now: datetime) -> str:
+    if cycle is None:
+        return "never checked"
+    started = f"last cycle started {ago(cycle.started_at, now)}"
+    if cycle.finished_at is None:
+        return f"{started}, still running"
+    took = duration((cycle.finished_at - cycle.started_at).total_seconds())
+    return f"{started}, ended after {took}: {cycle.status}"
+
+
+def _next_text(next_check: datetime | None, now: datetime) -> str:
+    if next_check is None:
+        return "not scheduled (not in the configuration)"
+    if next_check <= now:
+        return "next check due now"
+    return f"next check in {format_age(next_check - now)}"
+
+
+def status_summary(racks: Sequence[RackStatus]) -> str:
+    """Two lines: how many agents stand where and how many jobs are in flight; then their health
+    and the open rack incidents."""
+    agents = [state for rack in racks for state in rack.agents]
+    counts = Counter(state.last.outcome for state in agents if state.last and state.last.outcome)
+    skipped = sum(n for outcome, n in counts.items() if outcome.is_skip)
+    in_flight = sum(state.in_flight is not None for state in agents)
+    parts = [
+        f"{counts[Outcome.PASSED]} passed",
+        f"{counts[Outcome.FAILED] + counts[Outcome.TIMED_OUT]} failed or timed out",
+        plural(counts[Outcome.ERROR], "error"),
+        f"{skipped} not checked",
+    ]
+    states = Counter(rack.health_of(state.agent).state for rack in racks for state in rack.agents)
+    incidents = sum(rack.incident is not None for rack in racks)
+    return (
+        f"{plural(len(racks), 'rack')}, {plural(len(agents), 'agent')} by their last outcome: "
+        + ", ".join(parts)
+        + f"; {plural(in_flight, 'job')} in flight\n"
+        + "by health: "
+        + ", ".join(f"{states[state]} {state}" for state in HEALTH_ORDER)
+        + f"; {plural(incidents, 'rack incident')} open"
+    )
+
+
+def status_json(racks: Sequence[RackStatus]) -> str:
+    """The structure `rackwatch status --help` documents; times are UTC ISO 8601."""
+    return json.dumps({"racks": [_rack_json(rack) for rack in racks]}, indent=2)
+
+
+def _rack_json(status: RackStatus) -> dict[str, Any]:
+    cycle = status.last_cycle
+    incident = status.incident
+    found = status.drift
+    return {
+        "rack": status.rack,
+        "last_cycle": (
+            None
+            if cycle is None
+            else {
+                "started_at": iso(cycle.started_at),
+                "finished_at": iso(cycle.finished_at),
+                "status": cycle.status if cycle.finished_at else "running",
+                "error": cycle.error,
+                "duration_s": (
+                    rounded((cycle.finished_at - cycle.started_at).total_seconds())
+                    if cycle.finished_at
+                    else None
+                ),
+            }
+        ),
+        "next_check": iso(status.next_check),
+        "incident": (
+            None
+            if incident is None
+            else {"opened_at": iso(incident.opened_at), "reason": incident.reason}
+        ),
+        "drift": {
+            "no_agent": found.no_agent,
+            "stale": [{"agent": agent, "since": iso(since)} for agent, since in found.stale],
+            "maas": [
+                {"agent": state.agent, "machine": state.machine, "maas_status": maas_status}
+                for state, maas_status in found.maas
+            ],
+        },
+        "agents": [_agent_json(status, state) for state in status.agents],
+    }
+
+
+def _agent_json(status: RackStatus, state: AgentState) -> dict[str, Any]:
+    known = status.health_of(state.agent)
+    trend = status.trends.get(state.agent)
+    provision_s = trend.provision_s if trend else ()
+    return {
+        "agent": state.agent,
+        "machine": state.machine,
+        "health": {
+            "state": str(known.state),
+            "since": iso(known.since),
+            "reason": known.reason,
+            "job_id": known.job_id,
+        },
+        "last_outcome": str(state.last.outcome) if state.last else None,
+        "last_checked_at": iso(_checked_at(state.last)) if state.last else None,
+        "consecutive_failures": state.consecutive_failures,
+        "pass_rate": {
+            "passed": trend.passed if trend else 0,
+            "judged": trend.judged if trend else 0,
+        },
+        "median_provision_s": rounded(median(provision_s)) if provision_s else None,
+        "last_provision_s": rounded(provision_s[0]) if provision_s else None,
+        "last_passed_at": iso(state.last_passed_at),
+        "job_in_flight": state.in_flight.job_id if state.in_flight else None,
+        "maas_status": trend.maas_status if trend else None,
+        "detail": state.last.detail if state.last else None,
+    }
+
+
+def _checked_at(check: CheckRecord) -> datetime:
+    return check.finished_at or check.created_at

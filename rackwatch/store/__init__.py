@@ -1,0 +1,53 @@
+"""The state file: cycles and the checks made in them, in one SQLite database.
+
+Every write is its own committed transaction, written before the method returns, so a process
+killed at any moment leaves a state the next run can resume: a job's id is recorded before the
+job is submitted, and a job with no outcome yet is picked up again. The database itself keeps
+at most one unfinished job per agent.
+
+The store is synchronous; writes in WAL mode take well under a millisecond, so async code calls
+it directly. This package imports only the standard library and `rackwatch.model`/`errors`.
+
+`Store` is the one object callers use. Each of its parts is a `Database` subclass that holds the
+queries of one concern, and `Store` inherits them all, so they share its one connection:
+
+- `_db`: the connection, migrations, transactions, the StoreError mapping and the time codec;
+- `records`: the record types and the row → record converters;
+- `cycles`: the job ledger, cycles and their checks;
+- `health`: health, transitions, incidents, facts and inventory;
+- `outbox`: the alerts outbox and the counters;
+- `views`: the status and trend read-models.
+"""
+
+from __future__ import annotations
+
+from rackwatch.store._db import MIGRATIONS
+from rackwatch.store.cycles import Cycles
+from rackwatch.store.health import HealthRecords
+from rackwatch.store.outbox import Outbox
+from rackwatch.store.records import (
+    AgentState,
+    AgentTrend,
+    AlertRecord,
+    CheckRecord,
+    CycleRecord,
+    IncidentRecord,
+    OutcomeCount,
+)
+from rackwatch.store.views import Views
+
+__all__ = [
+    "Store",
+    "CheckRecord",
+    "CycleRecord",
+    "AgentState",
+    "IncidentRecord",
+    "AlertRecord",
+    "OutcomeCount",
+    "AgentTrend",
+    "MIGRATIONS",
+]
+
+
+class Store(Cycles, HealthRecords, Outbox, Views):
+    """The state file, opened once. Also a context manager that closes it."""

@@ -1,0 +1,294 @@
+"""The state file's database: the connection, its schema migrations, transactions, the mapping
+of sqlite3 errors to StoreError, and the UTC time codec.
+
+`Database` is the base of every part of the store: it owns the one connection and the path,
+and gives its subclasses the transaction and query helpers. This module imports only the
+standard library and `rackwatch.errors`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from rackwatch.errors import StoreError
+
+# Step N (counting from 1) brings a database from `user_version` N-1 to N. Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE cycles (
+        id INTEGER PRIMARY KEY,
+        rack TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT,
+        error TEXT
+    );
+    CREATE TABLE checks (
+        id INTEGER PRIMARY KEY,
+        cycle_id INTEGER NOT NULL REFERENCES cycles(id),
+        rack TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        machine TEXT,
+        queue TEXT,
+        job_id TEXT,
+        outcome TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        provision_status INTEGER,
+        created_at TEXT NOT NULL,
+        submitted_at TEXT,
+        finished_at TEXT
+    );
+    CREATE UNIQUE INDEX checks_unfinished_agent ON checks(agent) WHERE outcome IS NULL;
+    CREATE INDEX checks_agent ON checks(agent, created_at);
+    CREATE INDEX checks_cycle ON checks(cycle_id);
+    CREATE INDEX cycles_rack ON cycles(rack, started_at);
+    """,
+    # `status` finds each agent's last pass, and the failures since, without reading its history.
+    """
+    CREATE INDEX checks_agent_outcome ON checks(agent, outcome, created_at);
+    """,
+    # Health over time: each agent's state, its transitions, rack incidents, alerts to deliver.
+    """
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        rack TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        closed_at TEXT,
+        reason TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX incidents_open ON incidents(rack) WHERE closed_at IS NULL;
+    ALTER TABLE cycles ADD COLUMN incident_id INTEGER REFERENCES incidents(id);
+    ALTER TABLE checks ADD COLUMN maas_status TEXT;
+    CREATE TABLE health (
+        agent TEXT PRIMARY KEY,
+        rack TEXT NOT NULL,
+        state TEXT NOT NULL,
+        since TEXT,
+        reason TEXT NOT NULL DEFAULT '',
+        job_id TEXT
+    );
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY,
+        cycle_id INTEGER NOT NULL REFERENCES cycles(id),
+        rack TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        before TEXT NOT NULL,
+        after TEXT NOT NULL,
+        at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        job_id TEXT
+    );
+    CREATE INDEX transitions_agent ON transitions(agent, at);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        cycle_id INTEGER NOT NULL UNIQUE REFERENCES cycles(id),
+        rack TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        delivered_at TEXT,
+        last_error TEXT
+    );
+    CREATE INDEX alerts_pending ON alerts(id) WHERE delivered_at IS NULL;
+    CREATE TABLE counters (
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (name, labels)
+    );
+    """,
+    # One job per queue, told by Testflinger: the file's identity goes into its jobs' tags, a
+    # job is found by its id, and a check whose job may run on after it ended is followed up.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('identity', lower(hex(randomblob(6))));
+    ALTER TABLE checks ADD COLUMN lingering INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE checks ADD COLUMN late_result TEXT;
+    CREATE INDEX checks_job ON checks(job_id) WHERE job_id IS NOT NULL;
+    CREATE INDEX checks_lingering ON checks(rack) WHERE lingering = 1;
+    """,
+)
+
+BUSY_TIMEOUT_S = 5.0
+
+
+class Database:
+    """The state file, opened once. Also a context manager that closes it."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Self:
+        """Open the state file for writing, creating and migrating it as needed."""
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"state file {path}: cannot create directory {exc.filename}: {exc.strerror}"
+            ) from exc
+        try:
+            # Created here, not by SQLite, so that it is private from the first byte. SQLite
+            # gives its -wal and -shm files the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StoreError(f"state file {path}: {exc.strerror}") from exc
+        conn = _connect(str(path), path, uri=False)
+        try:
+            with _mapped(path):
+                conn.execute("PRAGMA journal_mode = WAL")
+                # In WAL mode NORMAL loses nothing when the process dies; only a power loss
+                # can drop the last commit.
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                migrate(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Self:
+        """Open an existing state file for reading only, while a daemon may be writing it."""
+        if not path.is_file():
+            raise StoreError(f"state file {path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise StoreError(f"state file {path}: permission denied")
+        conn = _connect(f"{path.resolve().as_uri()}?mode=ro", path, uri=True)
+        try:
+            with _mapped(path):
+                version = user_version(conn)
+        except StoreError:
+            conn.close()
+            raise
+        if version != len(MIGRATIONS):
+            conn.close()
+            if version > len(MIGRATIONS):
+                raise _newer(path, version, len(MIGRATIONS))
+            raise StoreError(
+                f"state file {path}: schema {version} is older than this rackwatch's"
+                f" {len(MIGRATIONS)}; run the daemon or run-once once to upgrade it"
+            )
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Make the reads inside one consistent view of the file, whatever a writer does meanwhile.
+
+        For reads only: a write inside would fail. Re-entrant: inside another `reading()`, it
+        adds nothing.
+        """
+        if self._conn.in_transaction:
+            yield
+            return
+        with _mapped(self._path):
+            self._conn.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            if self._conn.in_transaction:
+                with _mapped(self._path):
+                    self._conn.execute("ROLLBACK")  # nothing was written
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with _mapped(self._path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _update(self, what: str, sql: str, params: Sequence[Any]) -> None:
+        with self._transaction() as conn:
+            if conn.execute(sql, params).rowcount != 1:
+                raise StoreError(f"state file {self._path} has no {what}")
+
+    def _select(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[sqlite3.Row]:
+        with _mapped(self._path):
+            return self._conn.execute(sql, params).fetchall()
+
+
+def migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[str] = MIGRATIONS) -> None:
+    """Apply the steps the database lacks, each in its own transaction with its version bump."""
+    version = user_version(conn)
+    if version > len(migrations):
+        raise _newer(path, version, len(migrations))
+    for number, sql in enumerate(migrations[version:], start=version + 1):
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\n;PRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            # Another process opening the same new file may have applied this step first.
+            if user_version(conn) >= number:
+                continue
+            raise StoreError(
+                f"state file {path}: upgrade to schema {number} failed: {exc}"
+            ) from exc
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """The schema version of the database: how many steps of MIGRATIONS it has."""
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _connect(database: str, path: Path, *, uri: bool) -> sqlite3.Connection:
+    # isolation_level=None: sqlite3 opens no transactions of its own; ours are explicit.
+    with _mapped(path):
+        conn = sqlite3.connect(database, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _newer(path: Path, version: int, known: int) -> StoreError:
+    return StoreError(
+        f"state file {path}: written by a newer rackwatch"
+        f" (schema {version}; this one knows up to {known})"
+    )
+
+
+@contextmanager
+def _mapped(path: Path) -> Iterator[None]:
+    """Turn what sqlite3 raises into one StoreError line naming the file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"state file {path}: {exc}") from exc
+
+
+def as_text(at: datetime) -> str:
+    """An aware time as the stored text: UTC ISO 8601 with microseconds, so texts sort as times."""
+    if at.tzinfo is None:
+        raise ValueError(f"naive datetime {at!r}: the store keeps UTC times only")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def as_time(text: str | None) -> datetime | None:
+    """A stored time text read back as an aware time; None stays None."""
+    return None if text is None else datetime.fromisoformat(text)

@@ -1,0 +1,152 @@
+"""What the store reads back: one frozen record type per kind of row or summary, and the
+functions that build a record from a database row. Imports only the standard library,
+`rackwatch.model` and the store's `_db`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from rackwatch.model import Outcome
+from rackwatch.store._db import as_time
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRecord:
+    """One agent checked in one cycle: a final outcome, or a job still being tracked."""
+
+    id: int
+    cycle_id: int
+    rack: str
+    agent: str
+    machine: str | None
+    queue: str | None
+    job_id: str | None
+    outcome: Outcome | None  # None while the job is unfinished
+    detail: str
+    provision_status: int | None
+    created_at: datetime
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    # What became of its job after the check ended (a timed-out job that ran on), once seen.
+    late_result: str | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from submission (or creation, if never submitted) to the end; None if unfinished."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - (self.submitted_at or self.created_at)).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRecord:
+    """One rack checked once. `status` is None while the cycle runs."""
+
+    id: int
+    rack: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """Where one agent stands now, as `rackwatch status` shows it."""
+
+    agent: str
+    rack: str  # the rack of its latest check
+    machine: str | None
+    last: CheckRecord | None  # the latest check with an outcome; None before the first ends
+    # Checks failed or timed out since the last pass: a pass ends the run, and skips and
+    # errors (which say nothing about the machine) neither end nor extend it.
+    consecutive_failures: int
+    last_passed_at: datetime | None
+    in_flight: CheckRecord | None  # the check whose job has no outcome yet
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """A rack incident; open while `closed_at` is None."""
+
+    id: int
+    rack: str
+    opened_at: datetime
+    closed_at: datetime | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """One rack cycle's health changes, to be announced once."""
+
+    id: int
+    cycle_id: int
+    rack: str
+    created_at: datetime
+    body: dict[str, Any]
+    attempts: int
+    delivered_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeCount:
+    """Checks with an outcome counted by (rack, outcome), and where the next count starts."""
+
+    counts: dict[tuple[str, str], int]
+    above: int  # the highest check id read: count on from the ids above it
+    unfinished: frozenset[int]  # the checks read that had no outcome yet: count them later
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTrend:
+    """An agent's recent record, shown beside its health by `rackwatch status`."""
+
+    agent: str
+    judged: int  # its latest checks that passed, failed or timed out, at most the window
+    passed: int  # how many of those passed
+    # Seconds from submission to the end of each of its latest passed jobs, newest first.
+    provision_s: tuple[float, ...]
+    maas_status: str | None  # the MAAS status_name of its machine at its latest check
+    stale_since: datetime | None  # when its current run of stale checks began; None if not stale
+
+
+def cycle_from(row: sqlite3.Row) -> CycleRecord:
+    return CycleRecord(**_columns(row, CycleRecord))
+
+
+def check_from(row: sqlite3.Row) -> CheckRecord:
+    return CheckRecord(**_columns(row, CheckRecord))
+
+
+def incident_from(row: sqlite3.Row) -> IncidentRecord:
+    return IncidentRecord(**_columns(row, IncidentRecord))
+
+
+def alert_from(row: sqlite3.Row) -> AlertRecord:
+    return AlertRecord(**_columns(row, AlertRecord))
+
+
+def _columns(row: sqlite3.Row, record: type[DataclassInstance]) -> dict[str, Any]:
+    """The row's column of each field of `record`, read back as the field holds it."""
+    return {field.name: _read(field.name, row[field.name]) for field in fields(record)}
+
+
+def _read(column: str, stored: Any) -> Any:
+    # A record's times are its `*_at` columns, of UTC ISO text; an alert's body is JSON.
+    if column.endswith("_at"):
+        return as_time(stored)
+    if column == "outcome":
+        return None if stored is None else Outcome(stored)
+    if column == "body":
+        return json.loads(stored)
+    return stored
