@@ -14,7 +14,7 @@ with the clients they started with. Alert deliveries share the session too.
 
 The daemon never carries on with a state file it cannot trust: when the file is deleted or
 replaced under it, or when `STORE_FAILURES_TO_EXIT` cycles in a row fail on it, it stops and
-`serve` answers `EXIT_IOERR`, so that systemd restarts it on a file opened afresh.
+`serve` answers `ExitCode.IOERR`, so that systemd restarts it on a file opened afresh.
 
 The daemon tells systemd how it is doing through sd_notify: READY=1, WATCHDOG=1, STOPPING=1
 and a STATUS= line.
@@ -40,6 +40,7 @@ from rackwatch.check import RackReport, run_cycle
 from rackwatch.clients import Clients, RetryPolicy, make_clients, make_session
 from rackwatch.config import Settings, load_settings
 from rackwatch.errors import ConfigError, StoreError
+from rackwatch.exits import ExitCode
 from rackwatch.locks import Lease, RackLocks
 from rackwatch.metrics import MetricsEndpoint, start_metrics
 from rackwatch.model import utc_now
@@ -48,7 +49,6 @@ from rackwatch.store import Store
 
 log = structlog.get_logger("rackwatch.daemon")
 
-EXIT_IOERR = 74  # EX_IOERR: the state file was lost or stays unusable
 STORE_FAILURES_TO_EXIT = 3  # cycles in a row ending with a StoreError
 STATE_FILE_CHECK_S = 2.0  # how often the state file is looked at, besides before each cycle
 HELD_RACK_POLL_S = 1.0  # how often a rack another process holds is tried again
@@ -108,8 +108,8 @@ class Daemon:
         self._clients: Clients | None = None  # built over the session, from `settings`
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened state file
         self._store_failures = 0  # cycles in a row that ended with a StoreError
-        self._code = 0
-        self.failure: str | None = None  # why the daemon exits with EXIT_IOERR, in one line
+        self._code = ExitCode.OK
+        self.failure: str | None = None  # why the daemon exits with ExitCode.IOERR, in one line
         self._metrics: MetricsEndpoint | None = None  # /metrics and /healthz, when configured
         self._deliveries: set[asyncio.Task[None]] = set()  # alert deliveries in flight
         self._delivery_lock = asyncio.Lock()
@@ -119,7 +119,7 @@ class Daemon:
         )
 
     async def serve(self) -> int:
-        """Run until stopped; the exit code: 0, or EXIT_IOERR with `failure` saying why."""
+        """Run until stopped; the exit code: 0, or ExitCode.IOERR with `failure` saying why."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
@@ -313,8 +313,8 @@ class Daemon:
         )
 
     def _exit(self, failure: str) -> None:
-        """Stop the daemon, which then exits with EXIT_IOERR."""
-        self._code = EXIT_IOERR
+        """Stop the daemon, which then exits with ExitCode.IOERR."""
+        self._code = ExitCode.IOERR
         self.failure = failure
         self._stop.set()
 
@@ -431,7 +431,7 @@ class Daemon:
             await self._metrics.stop()
         assert self._store is not None
         left: int | None = None  # unknown when the file is lost or unreadable
-        if self._code != EXIT_IOERR:
+        if self._code != ExitCode.IOERR:
             try:
                 left = len(self._store.unfinished())
             except StoreError as exc:

@@ -16,7 +16,7 @@ machine drifts, and when a machine's provisioning has slowed down. `status` appl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from enum import StrEnum
 from statistics import median
@@ -87,21 +87,6 @@ def _become(current: AgentHealth, state: Health, fact: Fact) -> AgentHealth:
 
 def _reason(fact: Fact) -> str:
     return str(fact.outcome) + (f": {fact.detail}" if fact.detail else "")
-
-
-def with_outcome(health: AgentHealth, facts: Iterable[Fact]) -> AgentHealth:
-    """`health` with the outcome of the check that gave its reason, when that is not known.
-
-    A state file keeps a health's reason, not its outcome. The check is found among `facts`
-    (the agent's checks, newest first) as one that gives that very reason, which names its
-    outcome. `health` is returned as it is when no fact gives its reason.
-    """
-    if health.outcome is not None or not health.reason:
-        return health
-    for fact in facts:
-        if _reason(fact) == health.reason:
-            return replace(health, outcome=fact.outcome)
-    return health
 
 
 def needs_a_person(health: AgentHealth, maas_status: str | None) -> bool:

@@ -152,9 +152,7 @@ class AgentHealth:
     since: datetime | None = None
     reason: str = ""
     job_id: str | None = None
-    # The outcome of the check that gave the reason; None where not known: a state file keeps
-    # the reason only (see `rackwatch.health.with_outcome`).
-    outcome: Outcome | None = None
+    outcome: Outcome | None = None  # of the check that gave the reason; None while unknown
 
 
 UNKNOWN = AgentHealth(Health.UNKNOWN)

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TextIO, cast
 
-from rackwatch.check import Tally
+from rackwatch.jobs import Tally
 from rackwatch.render.cycle import progress_line
 
 _ERASE_LINE = "\r\x1b[2K"

@@ -7,7 +7,7 @@ May import: `config`, `errors`, `health`, `model`, `schedule` and `store`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -15,14 +15,9 @@ from rackwatch import health
 from rackwatch.config import ScheduleSettings
 from rackwatch.errors import UsageError
 from rackwatch.health import DriftKind
-from rackwatch.model import UNKNOWN, AgentHealth, Fact, Health
+from rackwatch.model import UNKNOWN, AgentHealth
 from rackwatch.schedule import next_check
 from rackwatch.store import AgentState, AgentTrend, CycleRecord, IncidentRecord, Store
-
-# How many of an excluded agent's latest checks are searched for the one that gave its health
-# reason, when that is not its latest check: a busy or error check since, or a failure in a
-# rack incident, leaves it excluded.
-REASON_LOOKBACK = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,30 +116,9 @@ def _recorded(store: Store, status: RackStatus, known: Mapping[str, AgentHealth]
         status,
         agents=agents,
         incident=store.open_incident(status.rack),
-        health={
-            state.agent: _with_outcome(store, known[state.agent], state)
-            for state in agents
-            if state.agent in known
-        },
+        health={state.agent: known[state.agent] for state in agents if state.agent in known},
         trends=store.trends([state.agent for state in agents]),
     )
-
-
-def _with_outcome(store: Store, recorded: AgentHealth, state: AgentState) -> AgentHealth:
-    """An excluded agent's recorded health with its reason's outcome, which `needs_a_person`
-    reads; the state file keeps the reason only."""
-    if recorded.state is not Health.EXCLUDED:
-        return recorded
-    return health.with_outcome(recorded, _checks(store, state))
-
-
-def _checks(store: Store, state: AgentState) -> Iterator[Fact]:
-    """The agent's checks with an outcome, newest first: its latest, then read from the store."""
-    last = state.last
-    if last is not None and last.outcome is not None:
-        yield Fact(last.outcome, last.detail, last.job_id, last.finished_at or last.created_at)
-    for _, fact in store.facts(state.agent, REASON_LOOKBACK):
-        yield fact
 
 
 def needing_a_person(racks: Sequence[RackStatus]) -> list[RackStatus]:

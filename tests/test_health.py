@@ -15,7 +15,6 @@ from rackwatch.health import (
     is_alerting,
     needs_a_person,
     slowdown,
-    with_outcome,
 )
 from rackwatch.model import UNKNOWN, AgentHealth, Fact, Health, Outcome
 
@@ -190,16 +189,6 @@ def test_assess_keeps_the_outcome_of_the_reason() -> None:
     """The check that gives the reason gives its outcome too; an excluded agent's newest one."""
     states = replay(Oc.PASSED, Oc.OFFLINE, Oc.STALE, Oc.BUSY)
     assert [s.outcome for s in states] == [Oc.PASSED, Oc.OFFLINE, Oc.STALE, Oc.STALE]
-
-
-def test_with_outcome_finds_the_check_that_gave_the_reason() -> None:
-    """Read back without its outcome, a health gets that of the newest fact giving its reason."""
-    [busy, stale, offline] = facts(Oc.OFFLINE, Oc.STALE, Oc.BUSY)
-    recorded = AgentHealth(Health.EXCLUDED, T0, reason="stale: detail 1")
-    assert with_outcome(recorded, [busy, stale, offline]).outcome is Oc.STALE
-    assert with_outcome(recorded, [busy, offline]) == recorded  # not among them: unknown
-    known = AgentHealth(Health.EXCLUDED, T0, reason="stale: detail 1", outcome=Oc.OFFLINE)
-    assert with_outcome(known, [stale]) == known
 
 
 RECOVERY = "offline: Set to offline by agent: Recovery failed during job 7"

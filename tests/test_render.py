@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from rackwatch.check import RackReport, Tally
+from rackwatch.check import RackReport
+from rackwatch.jobs import Tally
 from rackwatch.model import Outcome
 from rackwatch.render.cycle import as_text, progress_line
 from rackwatch.render.history import history_text

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rackwatch.errors import StoreError
+from rackwatch.model import UNKNOWN, AgentHealth, Health, HealthChange, Outcome
 from rackwatch.store import MIGRATIONS, Store, _db
 from tests.stored import at, begin
 
@@ -268,3 +269,38 @@ def test_begun_job_survives_the_death_of_its_writer(path: Path, death: str) -> N
     with Store.open(path) as store:
         [job] = store.unfinished("r1")
     assert (job.agent, job.job_id) == ("agent-1", "job-1")
+
+
+def test_a_health_keeps_the_outcome_that_gave_its_reason(path: Path) -> None:
+    """Recorded and read back, a health still says which outcome made it."""
+    excluded = AgentHealth(Health.EXCLUDED, at(5), "stale: quiet for 3d", None, Outcome.STALE)
+    with Store.open(path) as store:
+        cycle = store.cycle(store.start_cycle("r1", at(0)))
+        store.record_health(
+            cycle,
+            changes=[HealthChange("m1", UNKNOWN, excluded)],
+            incident_opened=None,
+            incident_closed=False,
+            alert=None,
+            at=at(5),
+        )
+        assert store.health("r1") == {"m1": ("r1", excluded)}
+
+
+def test_upgrading_gives_each_recorded_health_the_outcome_of_its_check(path: Path) -> None:
+    """A file from before outcomes were kept gets each health's from the check that made it."""
+    conn = sqlite3.connect(path)
+    _db.migrate(conn, path, MIGRATIONS[:4])
+    conn.executescript(
+        "INSERT INTO cycles (id, rack, started_at) VALUES (1, 'r1', '2026-11-27T05:00:00');"
+        "INSERT INTO checks (cycle_id, rack, agent, outcome, created_at, finished_at)"
+        " VALUES (1, 'r1', 'm1', 'quarantined', '2026-11-27T05:00:00', '2026-11-27T05:01:00');"
+        "INSERT INTO health (agent, rack, state, since, reason)"
+        " VALUES ('m1', 'r1', 'excluded', '2026-11-27T05:01:00', 'quarantined: 25 in a row'),"
+        " ('m2', 'r1', 'unknown', NULL, '');"
+    )
+    conn.close()
+    with Store.open(path) as store:
+        recorded = store.health("r1")
+    assert recorded["m1"][1].outcome is Outcome.QUARANTINED
+    assert recorded["m2"][1].outcome is None

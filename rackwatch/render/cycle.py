@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from rackwatch.check import RackReport, Tally
+from rackwatch.check import RackReport
+from rackwatch.jobs import Tally
 from rackwatch.model import Outcome
 from rackwatch.policy import format_age
 from rackwatch.render.table import duration, iso, rounded, table

@@ -114,6 +114,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX checks_job ON checks(job_id) WHERE job_id IS NOT NULL;
     CREATE INDEX checks_lingering ON checks(rack) WHERE lingering = 1;
     """,
+    # A health keeps the outcome that gave its reason: the rules read it, never the reason's
+    # text. A health's `since` is the end of the check that made it, which tells the outcome.
+    """
+    ALTER TABLE health ADD COLUMN outcome TEXT;
+    UPDATE health SET outcome = (
+        SELECT c.outcome FROM checks c
+        WHERE c.agent = health.agent AND c.finished_at = health.since
+        ORDER BY c.id DESC LIMIT 1
+    ) WHERE since IS NOT NULL;
+    """,
 )
 
 BUSY_TIMEOUT_S = 5.0

@@ -48,7 +48,11 @@ class HealthRecords(Database):
             row["agent"]: (
                 row["rack"],
                 AgentHealth(
-                    Health(row["state"]), as_time(row["since"]), row["reason"], row["job_id"]
+                    Health(row["state"]),
+                    as_time(row["since"]),
+                    row["reason"],
+                    row["job_id"],
+                    None if row["outcome"] is None else Outcome(row["outcome"]),
                 ),
             )
             for row in rows
@@ -102,12 +106,22 @@ class HealthRecords(Database):
             for change in changes:
                 after = change.after
                 since = as_text(after.since) if after.since else None
+                outcome = None if after.outcome is None else str(after.outcome)
                 conn.execute(
-                    "INSERT INTO health (agent, rack, state, since, reason, job_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET"
+                    "INSERT INTO health (agent, rack, state, since, reason, job_id, outcome)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET"
                     " rack = excluded.rack, state = excluded.state, since = excluded.since,"
-                    " reason = excluded.reason, job_id = excluded.job_id",
-                    (change.agent, cycle.rack, str(after.state), since, after.reason, after.job_id),
+                    " reason = excluded.reason, job_id = excluded.job_id,"
+                    " outcome = excluded.outcome",
+                    (
+                        change.agent,
+                        cycle.rack,
+                        str(after.state),
+                        since,
+                        after.reason,
+                        after.job_id,
+                        outcome,
+                    ),
                 )
                 if change.before.state is not after.state:
                     conn.execute(
