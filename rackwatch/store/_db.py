@@ -124,6 +124,25 @@ MIGRATIONS: tuple[str, ...] = (
         ORDER BY c.id DESC LIMIT 1
     ) WHERE since IS NOT NULL;
     """,
+    # Why a check failed (the end of its provision output), cycles of a few named agents
+    # only, and silences: an agent or a whole rack that is checked but not announced.
+    """
+    ALTER TABLE checks ADD COLUMN provision_log TEXT;
+    ALTER TABLE cycles ADD COLUMN partial INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE silences (
+        id INTEGER PRIMARY KEY,
+        agent TEXT,
+        rack TEXT,
+        reason TEXT NOT NULL,
+        by_user TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        until TEXT NOT NULL,
+        ended_at TEXT,
+        settled INTEGER NOT NULL DEFAULT 0,
+        CHECK ((agent IS NULL) <> (rack IS NULL))
+    );
+    CREATE INDEX silences_unsettled ON silences(until) WHERE settled = 0;
+    """,
 )
 
 BUSY_TIMEOUT_S = 5.0
