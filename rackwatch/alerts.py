@@ -26,7 +26,7 @@ import aiohttp
 import structlog
 
 from rackwatch.clients import RetryPolicy, WebhookClient, make_session
-from rackwatch.config import AlertsSettings
+from rackwatch.config import AlertsSettings, job_url
 from rackwatch.errors import UpstreamError, UpstreamUnavailable
 from rackwatch.model import Alert, AlertEvent, EventKind, utc_now
 from rackwatch.store import Store
@@ -56,7 +56,8 @@ def render(alert: Alert, *, testflinger_url: str | None) -> dict[str, Any]:
     """The webhook payload for one alert: Markdown `text`, plus the events as data.
 
     `text` reads the same in Mattermost and Slack: a summary line, then one line per event.
-    Each event gains `url`, its job's page on Testflinger (None without a job or a URL).
+    Each event gains `url`, its job's page in Testflinger's web UI under `testflinger_url`
+    (`TestflingerLinks.web_base`; None without a job or a URL).
     """
     rack = _escape(alert.rack)
     lines = [f"rackwatch · {rack}: {_summary(alert.events)}"]
@@ -72,13 +73,6 @@ def render(alert: Alert, *, testflinger_url: str | None) -> dict[str, Any]:
             for event in alert.events
         ],
     }
-
-
-def job_url(testflinger_url: str | None, job_id: str | None) -> str | None:
-    """The job's page in Testflinger's web UI; `testflinger_url` ends with "/" (config does that)."""
-    if not testflinger_url or not job_id:
-        return None
-    return f"{testflinger_url}jobs/{job_id}"
 
 
 def _summary(events: Sequence[AlertEvent]) -> str:
@@ -110,6 +104,8 @@ def _line(event: AlertEvent, testflinger_url: str | None) -> str:
     match event.kind:
         case EventKind.UNHEALTHY:
             text = f"{agent} unhealthy" + (f": {reason}" if reason else "")
+            if event.error_line:
+                text += f": {_escape(event.error_line)}"
         case EventKind.RECOVERED:
             text = f"{agent} recovered"
         case EventKind.INCIDENT_OPENED:

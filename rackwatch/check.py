@@ -16,7 +16,7 @@ The decisions themselves are in `policy`; this module only carries them out.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -66,6 +66,7 @@ class CheckPlan:
     dry_run: bool = False
     failures_to_unhealthy: int = 2
     incident_ratio: float = 0.5
+    secrets: tuple[str, ...] = ()  # scrubbed from the provision logs kept
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dry_run: bool = False) -> CheckPlan:
@@ -82,6 +83,7 @@ class CheckPlan:
             dry_run=dry_run,
             failures_to_unhealthy=settings.health.failures_to_unhealthy,
             incident_ratio=settings.health.rack_incident_ratio,
+            secrets=tuple(settings.secret_values()),
         )
 
 
@@ -95,8 +97,12 @@ async def run_cycle(
     dry_run: bool = False,
     clock: Callable[[], datetime] = utc_now,
     on_progress: Callable[[Tally], None] | None = None,
+    agents: Collection[str] | None = None,
 ) -> list[RackReport]:
-    """Check the racks once with the configured plan: what run-once, the daemon and tests run."""
+    """Check the racks once with the configured plan: what run-once, the daemon and tests run.
+
+    With `agents`, only those agents of the racks (see `Checker.run`).
+    """
     checker = Checker(
         maas=maas,
         testflinger=testflinger,
@@ -105,7 +111,25 @@ async def run_cycle(
         clock=clock,
         on_progress=on_progress,
     )
-    return await checker.run(racks)
+    return await checker.run(racks, agents=agents)
+
+
+async def racks_holding(
+    names: Sequence[str], racks: Sequence[str], maas: Maas
+) -> dict[str, list[str]]:
+    """The racks among `racks` whose MAAS machines include each named one, by name.
+
+    A machine and its agent share a name (matched without regard to case); a name that no
+    rack holds maps to [].
+    """
+    machines = await gather_or_cancel(maas.machines(rack) for rack in racks)
+    holding: dict[str, list[str]] = {name: [] for name in names}
+    for rack, listed in zip(racks, machines, strict=True):
+        hostnames = {machine.hostname.casefold() for machine in listed}
+        for name in names:
+            if name.casefold() in hostnames:
+                holding[name].append(rack)
+    return holding
 
 
 class Checker:
@@ -124,6 +148,7 @@ class Checker:
         self._maas = maas
         self._tf = testflinger
         self._store = store
+        self._wanted: set[str] | None = None  # a partial run's agents, casefolded
         self._plan = plan
         self._clock = clock
         self._jobs = Jobs(
@@ -135,6 +160,7 @@ class Checker:
             job_template=plan.job_template,
             clock=clock,
             on_progress=on_progress,
+            secrets=plan.secrets,
         )
 
     @property
@@ -142,9 +168,18 @@ class Checker:
         """Where the jobs of this checker's runs stand."""
         return self._jobs.tally
 
-    async def run(self, racks: Sequence[str]) -> list[RackReport]:
-        """Check the racks once, together, and wait for every job to end."""
-        cycles = {rack: self._store.start_cycle(rack, self._clock()) for rack in racks}
+    async def run(
+        self, racks: Sequence[str], *, agents: Collection[str] | None = None
+    ) -> list[RackReport]:
+        """Check the racks once, together, and wait for every job to end.
+
+        With `agents`, a partial cycle of each rack: only those agents (by name, without regard
+        to case) are checked and recorded, and only their earlier jobs resumed.
+        """
+        self._wanted = None if agents is None else {name.casefold() for name in agents}
+        cycles = {
+            rack: self._store.start_cycle(rack, self._clock(), agents=agents) for rack in racks
+        }
         survey: tuple[list[Agent], policy.HeldJobs] | UpstreamError
         try:
             survey = await self._survey()
@@ -168,7 +203,7 @@ class Checker:
         survey: tuple[list[Agent], policy.HeldJobs] | UpstreamError,
     ) -> RackReport:
         started = self._clock()
-        resumed = self._store.unfinished(rack)
+        resumed = [c for c in self._store.unfinished(rack) if self._is_wanted(c.agent)]
         in_flight = {check.agent for check in self._store.unfinished()}
         log.info("cycle.started", rack=rack, cycle_id=cycle_id, resumed=len(resumed))
         work = [self._guard(self._jobs.resume(c), cycle_id, rack, c.agent) for c in resumed]
@@ -188,7 +223,9 @@ class Checker:
             if not self._plan.dry_run:
                 running = {agent.job_id for agent in agents if agent.job_id}
                 await gather_or_cancel(
-                    self._jobs.follow_up(check, running) for check in self._store.lingering(rack)
+                    self._jobs.follow_up(check, running)
+                    for check in self._store.lingering(rack)
+                    if self._is_wanted(check.agent)
                 )
             decisions = policy.plan_rack(
                 machines,
@@ -199,7 +236,7 @@ class Checker:
                 held=held,
             )
             for decision in decisions:
-                if decision.name in resuming:
+                if decision.name in resuming or not self._is_wanted(decision.name):
                     continue
                 if decision.name in in_flight:
                     decision = policy.Decision(
@@ -245,6 +282,9 @@ class Checker:
             duration_s=round((finished - started).total_seconds(), 1),
         )
         return RackReport(self._store.cycle(cycle_id), checks)
+
+    def _is_wanted(self, agent: str) -> bool:
+        return self._wanted is None or agent.casefold() in self._wanted
 
     def _record(self, cycle_id: int, rack: str, decision: policy.Decision) -> None:
         assert decision.outcome is not None

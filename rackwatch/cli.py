@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 
-from rackwatch import alerts, logs, run_once
+from rackwatch import alerts, logs, run_once, silences
 from rackwatch.check import RackReport
 from rackwatch.cli_args import build_parser
 from rackwatch.clients import RetryPolicy, check_rack_name, make_session
-from rackwatch.config import Settings, load_settings, load_state_settings
+from rackwatch.config import Settings, load_settings, load_state_settings, parse_duration
 from rackwatch.errors import ConfigError, RackHeldError, StoreError, UpstreamError, UsageError
 from rackwatch.exits import ExitCode, of_cycle
 from rackwatch.model import utc_now
@@ -28,6 +31,7 @@ from rackwatch.preflight import try_services
 from rackwatch.progress import log_stream
 from rackwatch.render.cycle import as_json, as_text, explain_outcomes
 from rackwatch.render.history import history_json, history_text
+from rackwatch.render.silence import silenced_text, silences_json, silences_text, unsilenced_text
 from rackwatch.render.status import status_json, status_text, unhealthy_text
 from rackwatch.render.table import plural
 from rackwatch.status import build_status, needing_a_person
@@ -73,6 +77,11 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     for rack in racks:
         check_rack_name(rack)
     _configure_logs(args, settings)
+    if args.agents:
+        try:
+            racks = asyncio.run(run_once.racks_of_agents(settings, args.agents, racks))
+        except UpstreamError as exc:
+            return _fail(f"cannot tell which racks hold the agents: {exc}", ExitCode.UNAVAILABLE)
     waited: list[str] = []
 
     def waiting(rack: str, holder: str) -> None:
@@ -94,7 +103,9 @@ def cmd_run_once(args: argparse.Namespace) -> int:
             return _fail(f"stopped waiting{what}; nothing was checked", ExitCode.INTERRUPTED)
         try:
             reports = asyncio.run(
-                run_once.check_racks(settings, racks, state_file, dry_run=args.dry_run)
+                run_once.check_racks(
+                    settings, racks, state_file, dry_run=args.dry_run, agents=args.agents
+                )
             )
         except KeyboardInterrupt:
             left = run_once.jobs_left(state_file)
@@ -104,7 +115,8 @@ def cmd_run_once(args: argparse.Namespace) -> int:
                 "and the next run-once or run picks them up",
                 ExitCode.INTERRUPTED,
             )
-    print(as_json(reports) if args.json else as_text(reports))
+    web_base = settings.testflinger.web_base
+    print(as_json(reports, web_base=web_base) if args.json else as_text(reports))
     return of_cycle(reports)
 
 
@@ -113,8 +125,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _configure_logs(args, default="error")  # the report says it all
     lab = demo_lab(provision_seconds=3.0, pickup_seconds=0.3)
+    web_base: str | None = None  # the simulated Testflinger's, once it is served
 
     async def run(state_file: Path) -> list[RackReport]:
+        nonlocal web_base
         async with lab.serve() as urls:
             settings = Settings.from_mapping(
                 {
@@ -126,6 +140,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 },
                 source="the demo",
             )
+            web_base = settings.testflinger.web_base
             return await run_once.check_racks(
                 settings, settings.racks, state_file, retry=RetryPolicy.DEMO
             )
@@ -142,7 +157,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return _fail("demo interrupted", ExitCode.INTERRUPTED)
     if args.json:
-        print(as_json(reports))
+        print(as_json(reports, web_base=web_base))
     else:
         print(as_text(reports))
         print()
@@ -201,14 +216,21 @@ def cmd_history(args: argparse.Namespace) -> int:
     try:
         with Store.open_readonly(state_file) as store:
             checks = store.history(args.agent, limit=args.limit)
+            now = utc_now()
+            in_force = store.silences_in_force(now)
     except StoreError as exc:
         return _fail(str(exc), ExitCode.NOINPUT)
     if not checks:
         return _fail(f"no checks of agent {args.agent!r} in {state_file}", ExitCode.FAILURE)
+    # Silenced as an agent of the rack of its latest check.
+    silence = silences.covering(in_force, agent=args.agent, rack=checks[0].rack, at=now)
+    web_base = settings.testflinger.web_base
     if args.json:
-        print(history_json(args.agent, checks))
+        print(history_json(args.agent, checks, web_base=web_base, silence=silence))
     else:
-        print(history_text(args.agent, checks))
+        print(
+            history_text(args.agent, checks, web_base=web_base, full_log=args.log, silence=silence)
+        )
     return ExitCode.OK
 
 
@@ -229,6 +251,114 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if failed:
         return _fail(f"check-config: failed: {', '.join(failed)}", ExitCode.UNAVAILABLE)
     return ExitCode.OK
+
+
+# The silence commands: silence (and silence --list) and unsilence.
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    settings = load_state_settings(args.config)
+    state_file = settings.state_file
+    if args.list:
+        if args.agents or args.racks or args.reason or args.length or args.until:
+            raise UsageError("--list takes no AGENT, --rack, --reason, --for or --until")
+        return _list_silences(state_file, as_json=args.json)
+    if args.json:
+        raise UsageError("--json goes with --list")
+    agents, racks = _targets(args, "silence")
+    reason = silences.clean_reason(args.reason or "")
+    now = utc_now()
+    until = silences.end_of(
+        now,
+        length=None if args.length is None else _duration(args.length),
+        until=None if args.until is None else silences.parse_time(args.until),
+    )
+    if not state_file.exists():
+        return _no_state_file(state_file)
+    with Store.open(state_file) as store:
+        checked, recorded = store.recorded_agents(agents), store.racks()
+        unknown = [f"agent {a!r}" for a in agents if a not in checked]
+        unknown += [f"rack {r!r}" for r in racks if r not in settings.racks and r not in recorded]
+        if unknown:
+            raise UsageError(
+                f"unknown {', '.join(unknown)}: never checked (agents as status lists them;"
+                " racks configured or checked); nothing silenced"
+            )
+        made = store.add_silences(
+            agents=agents, racks=racks, reason=reason, by=_user(), until=until, at=now
+        )
+    print(silenced_text(made))
+    return ExitCode.OK
+
+
+def cmd_unsilence(args: argparse.Namespace) -> int:
+    settings = load_state_settings(args.config)
+    agents, racks = _targets(args, "unsilence")
+    if not settings.state_file.exists():
+        return _no_state_file(settings.state_file)
+    now = utc_now()
+    with Store.open(settings.state_file) as store:
+        ended = store.end_silences(agents=agents, racks=racks, at=now)
+        in_force = store.silences_in_force(now)
+        rack_of = {agent: rack for agent, (rack, _) in store.health().items()}
+    still = [
+        (agent, silence)
+        for agent in agents
+        if (silence := silences.of_rack(in_force, rack_of.get(agent, ""), now)) is not None
+    ]
+    if ended or still:
+        print(unsilenced_text(ended, still))
+    none = [f"{a} has" for a in agents if a not in {s.agent for s in ended}]
+    none += [f"rack {r} has" for r in racks if r not in {s.rack for s in ended}]
+    for name in none:
+        _fail(f"{name} no silence of its own in force", ExitCode.FAILURE)
+    return ExitCode.FAILURE if none else ExitCode.OK
+
+
+def _targets(args: argparse.Namespace, command: str) -> tuple[list[str], list[str]]:
+    """The agents and racks named, each once, in the order given."""
+    if not args.agents and not args.racks:
+        raise UsageError(f"name an agent or a --rack to {command}")
+    agents = list(dict.fromkeys(agent.strip() for agent in args.agents))
+    if "" in agents:
+        raise UsageError("an agent name cannot be empty")
+    return agents, list(dict.fromkeys(check_rack_name(rack) for rack in args.racks))
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--for {text!r}: {exc}") from None
+
+
+def _user() -> str:
+    """Who runs the command: the user who ran sudo, else the login name."""
+    if os.environ.get("SUDO_USER"):
+        return os.environ["SUDO_USER"]
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no name for the uid (a container's)
+        return f"uid {os.getuid()}"
+
+
+def _list_silences(state_file: Path, *, as_json: bool) -> int:
+    found = []
+    if state_file.exists():
+        try:
+            with Store.open_readonly(state_file) as store:
+                found = store.silences_in_force(utc_now())
+        except StoreError as exc:
+            return _fail(str(exc), ExitCode.NOINPUT)
+    print(silences_json(found) if as_json else silences_text(found))
+    return ExitCode.OK
+
+
+def _no_state_file(state_file: Path) -> int:
+    return _fail(
+        f"no checks recorded yet: {state_file} does not exist (the daemon or run-once makes it)",
+        ExitCode.NOINPUT,
+    )
 
 
 # The alerts commands: alerts test.
@@ -266,5 +396,7 @@ HANDLERS: Mapping[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "history": cmd_history,
     "check-config": cmd_check_config,
+    "silence": cmd_silence,
+    "unsilence": cmd_unsilence,
     "alerts test": cmd_alerts_test,
 }

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_check_commands(commands)
     _add_operator_commands(commands)
+    _add_silence_commands(commands)
     _add_alerts_commands(commands)
     return parser
 
@@ -40,6 +41,13 @@ def _add_check_commands(commands: Commands) -> None:
     run_once.add_argument("--json", action="store_true", help="print the results as JSON")
     run_once.add_argument(
         "--dry-run", action="store_true", help="submit nothing; report 'ready' where a job would go"
+    )
+    run_once.add_argument(
+        "--agent",
+        action="append",
+        metavar="NAME",
+        dest="agents",
+        help="check only this agent (again for more); its rack is found among the racks",
     )
     run_once.add_argument(
         "--wait",
@@ -71,8 +79,54 @@ def _add_operator_commands(commands: Commands) -> None:
     )
     _config_option(history)
     history.add_argument("--json", action="store_true", help="print the checks as JSON")
+    history.add_argument(
+        "--log", action="store_true", help="show each check's provision log whole, not its end"
+    )
 
     _config_option(_command(commands, "check-config"))
+
+
+def _add_silence_commands(commands: Commands) -> None:
+    silence = _command(commands, "silence")
+    silence.add_argument("agents", nargs="*", metavar="AGENT", help="an agent to silence")
+    silence.add_argument(
+        "--rack",
+        action="append",
+        default=[],
+        dest="racks",
+        metavar="RACK",
+        help="silence every agent of the rack, and its incidents (again for more)",
+    )
+    silence.add_argument("--reason", metavar="TEXT", help="why: shown wherever the silence is")
+    lasting = silence.add_mutually_exclusive_group()
+    lasting.add_argument(
+        "--for",
+        dest="length",
+        metavar="DURATION",
+        help="how long, such as 2h, 3d or 1h30m (default: 7d; at most 90d)",
+    )
+    lasting.add_argument(
+        "--until",
+        metavar="TIME",
+        help="until when, in ISO 8601, such as 2026-12-08T20:31 (UTC unless it has an offset)",
+    )
+    silence.add_argument(
+        "--list", action="store_true", help="list the silences in force instead; nothing changes"
+    )
+    silence.add_argument("--json", action="store_true", help="with --list: print them as JSON")
+    _config_option(silence)
+
+    unsilence = _command(commands, "unsilence")
+    unsilence.add_argument("agents", nargs="*", metavar="AGENT", help="an agent to unsilence")
+    unsilence.add_argument(
+        "--rack",
+        action="append",
+        default=[],
+        dest="racks",
+        metavar="RACK",
+        help="end the rack's own silence (again for more)",
+    )
+    _config_option(unsilence)
 
 
 def _add_alerts_commands(commands: Commands) -> None:

@@ -30,6 +30,25 @@ RUN_ONCE_HELP = """\
 Check the named racks (default: every configured rack) together, once, and wait for every
 job. Prints a table per rack and a summary line; --json prints the same as data.
 
+--agent NAME (again for more) checks only the named agents, after a fix for example: their
+racks are found among the named racks (default: the configured ones) by MAAS's machines, only
+they get jobs and rows, and the rest of the rack is not recorded. Such a partial cycle leaves
+the rack's schedule and its incidents as they are. A name no rack holds is a usage error.
+
+A rack's line reads ok, failures (a check failed, timed out or ended in error), error (the
+rack could not be listed) or attention: ok, but an agent is stale or quarantined and needs a
+person (the exit code stays 0). The summary counts the agents not checkable (stale,
+quarantined, no queue) apart from those set offline by an admin. A failed or timed-out check's
+DETAIL ends with the line of its job's provision log that says why, after a colon:
+"provisioning exited 1 (device connector error): ... ERROR: MAAS deployment of ... failed".
+
+--json prints {"racks": [{"rack", "status", "error", "started_at", "finished_at", "agents":
+[{"agent", "machine", "outcome", "job_id", "provision_status", "detail", "duration_s",
+"provision_log", "url"}]}]}: provision_log is the end of a failed or timed-out job's provision
+output (its last 20 lines that say something, secrets scrubbed), else null; url is the job's
+page in Testflinger's web UI, <testflinger.web_url or testflinger.url>jobs/<job_id>, null
+without a job.
+
 Only one rackwatch process checks a rack at a time: run-once first takes the lock of every rack
 it checks (a file in <state_file>.locks/). When another rackwatch (the daemon, or another
 run-once) is checking one of them, it exits 75 at once, naming that process, and submits
@@ -47,7 +66,8 @@ Show where each agent and rack stands, read from the state file. Safe while the 
 the file is opened read-only.
 
 A header per rack gives its last cycle (when it started, its status and how long it took, or
-"running") and when the next one is due, then its open rack incident, if any ("⚠ rack
+"running"; the status is ok, failures, error, interrupted, or attention: ok, but an agent is
+stale or quarantined) and when the next one is due, then its open rack incident, if any ("⚠ rack
 incident for 2h 0m: ..."). Then one row per agent:
   HEALTH         healthy, unhealthy, excluded (cannot be checked) or unknown, and for how
                  long; for an unhealthy agent, DETAIL says why, with the job that made it so
@@ -59,18 +79,25 @@ incident for 2h 0m: ..."). Then one row per agent:
                  "slower ×2.3" when the latest took twice that or more (with 3 passes)
   LAST PASSED    when its latest passed check ended ("never" if none did)
   JOB IN FLIGHT  the id of its rackwatch job that has no outcome yet
+  DETAIL         its latest check's detail; for a failed or timed-out job, then the line of
+                 its provision log that says why ("...: ERROR: MAAS deployment ... failed")
 Then the rack's drift, by each agent's latest check: machines with no agent, agents gone
 stale (for how long their checks have found them so), and machines MAAS marks Broken or
 Failed (deployment, testing, commissioning, ...), beside their agent's health. An agent is
 listed under the rack of its latest check. The racks are those named, else every configured
 rack and every rack recorded in the state file.
 
+A silenced rack has a line under its header ("rack silenced until 2026-12-08 20:31 UTC by
+alice: new switch"); an agent silenced on its own has "(silenced)" in HEALTH and such a line
+under the table (see rackwatch silence).
+
 --unhealthy lists only what needs a person: unhealthy agents; agents out of service by their
 own failure (stale, quarantined for a fail streak, or set offline by a failed recovery; not
 those an admin took offline or into maintenance, nor those without a queue of their own);
 machines MAAS marks broken or failed; and open rack incidents. Its first line says how many,
 or "nothing needs a person". It exits 1 when it lists anything, so it can drive a cron mail
-or a Nagios check.
+or a Nagios check. While a silence lasts, it leaves out the agents it covers, and for a
+silenced rack the rack's incident too.
 
 --json prints {"racks": [{"rack", "last_cycle", "next_check", "incident", "drift",
 "agents"}]}: last_cycle is null or {"started_at", "finished_at", "status", "error",
@@ -80,7 +107,9 @@ configured, incident is null or {"opened_at", "reason"}, drift is {"no_agent": [
 is {"agent", "machine", "health": {"state", "since", "reason", "job_id"}, "last_outcome",
 "last_checked_at", "consecutive_failures", "pass_rate": {"passed", "judged"},
 "median_provision_s", "last_provision_s", "last_passed_at", "job_in_flight", "maas_status",
-"detail"}. With --unhealthy, only the racks and agents it lists. Times are UTC ISO 8601.
+"detail", "silence"}; silence is null or, while one covers the agent, {"until", "by",
+"reason", "rack"}, rack null for the agent's own silence and the rack's name for its rack's.
+With --unhealthy, only the racks and agents it lists. Times are UTC ISO 8601.
 
 Exits 0, also when no check is recorded yet; with --unhealthy, 1 when anything needs a
 person; 2 for a named rack that is neither configured nor recorded; 66 when the state file
@@ -88,13 +117,22 @@ cannot be read."""
 
 HISTORY_HELP = """\
 Show one agent's checks, newest first: when each started (UTC), its rack, outcome, job id,
-provision_status, how long its job took, and the detail. Read-only, like status.
+provision_status, how long its job took, and the detail. Under a check with a job, indented:
+"job:" and the job's page in Testflinger's web UI, then, for a failed or timed-out job,
+"log:" and the last 3 lines of its provision log; --log shows the log whole (the last 20
+lines that say something, as kept). Read-only, like status: of [testflinger] it reads only
+url and web_url, and needs no secret. A silence that covers the agent shows under the first
+line ("silenced until 2026-12-08 20:31 UTC by
+alice: reflashing the BMC", with "(rack r1)" for its rack's silence).
 
---json prints {"agent", "checks": [{"rack", "machine", "outcome", "job_id", "queue",
+--json prints {"agent", "silence", "checks": [{"rack", "machine", "outcome", "job_id", "queue",
 "provision_status", "detail", "created_at", "submitted_at", "finished_at", "duration_s",
-"late_result"}]}; outcome is null while the job is in flight; late_result is null unless the
-check's job ran on after the check ended (a timeout), and then says what became of it, e.g.
-"seen ended 3h 12m after its timeout, provision_status 0". Times are UTC ISO 8601.
+"late_result", "provision_log", "url"}]}; outcome is null while the job is in flight;
+late_result is null unless the check's job ran on after the check ended (a timeout), and then
+says what became of it, e.g. "seen ended 3h 12m after its timeout, provision_status 0";
+provision_log is the kept end of a failed or timed-out job's provision output, else null; url
+is <testflinger.web_url or testflinger.url>jobs/<job_id>, null without a job. silence is null
+or, as in status --json, {"until", "by", "reason", "rack"}. Times are UTC ISO 8601.
 
 Exits 0; 1 when the state file holds no check of the agent; 66 when it cannot be read."""
 
@@ -105,6 +143,45 @@ line per check and never a secret. Submits nothing and writes no state.
 
 Exits 0 when every check passed; 69 when MAAS or Testflinger failed one (the last line names
 which); 78 when the configuration is invalid."""
+
+SILENCE_HELP = """\
+Silence agents, or whole racks, for a while: they are still checked and their health still
+recorded, but their changes are not announced to the webhook, and status --unhealthy (and its
+exit code) leaves them out. A rack's silence (--rack) covers every agent of the rack, the
+rack's incidents and its agents' drift. status and history show "silenced until 2026-12-08
+20:31 UTC by alice: reflashing the BMC".
+
+Every silence ends: after --for DURATION (90s, 2h, 3d, 1h30m: the configuration's durations),
+at --until TIME (ISO 8601: 2026-12-08T20:31 is UTC, 2026-12-08T20:31+01:00 has an offset, a
+date alone is its midnight UTC), else after 7 days; it may last at most 90 days. When it ends,
+or unsilence ends it, the first cycle of its rack after that announces, once, each agent it
+covered that is still unhealthy ("still unhealthy after its silence ended: ..."), and for a
+rack an incident still open.
+
+--reason is required: it is kept with who ran the command ($SUDO_USER under sudo, else the
+login name). An agent must have been checked at least once, under its name as status lists
+it; a rack must be configured or have been checked. Silencing what is silenced replaces its
+silence. Safe while the daemon runs; the state file must exist (the daemon or run-once makes
+it), and only state_file is read from the configuration.
+
+--list prints the silences in force: what, until when, by whom, since when and why. With
+--json: {"silences": [{"agent", "rack", "until", "by", "reason", "created_at"}]}, agent null
+for a rack's silence and rack null for an agent's. Times are UTC ISO 8601.
+
+Exits 0; 2 on a usage error (an unknown agent or rack, no reason, a time that has passed, a
+silence longer than 90 days), and then nothing is silenced; 66 when the state file does not
+exist (--list: cannot be read; with no file, it lists none); 73 when it cannot be written."""
+
+UNSILENCE_HELP = """\
+End silences now: each named agent's own silence, and with --rack each named rack's. An agent
+whose rack's silence goes on stays silenced, and a line says so. The first cycle of the rack
+after that announces, once, each agent the silence covered that is still unhealthy.
+
+Safe while the daemon runs, like silence.
+
+Exits 0 when each agent and rack named had a silence in force; 1 when one had none (a line
+names it; the others are ended); 2 on a usage error; 66 when the state file does not exist;
+73 when it cannot be written."""
 
 ALERTS_TEST_HELP = """\
 Send one test message to the webhook in alerts.webhook_url (a Mattermost or Slack incoming
@@ -151,6 +228,16 @@ COMMANDS: Mapping[str, CommandHelp] = {
         "validate the configuration and try MAAS and Testflinger with it",
         "rackwatch check-config --config /etc/rackwatch/config.toml",
         CHECK_CONFIG_HELP,
+    ),
+    "silence": CommandHelp(
+        "keep agents or racks out of the alerts and of status --unhealthy for a while",
+        "rackwatch silence tor3-a-m07 --reason 'BMC replaced, RT#4411' --for 3d",
+        SILENCE_HELP,
+    ),
+    "unsilence": CommandHelp(
+        "end the silence of agents or racks now",
+        "rackwatch unsilence tor3-a-m07",
+        UNSILENCE_HELP,
     ),
     "alerts": CommandHelp(
         "work with the webhook that health changes are announced to",

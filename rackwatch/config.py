@@ -191,21 +191,51 @@ class MaasSettings(_Section):
         return SecretStr(key)
 
 
-class TestflingerSettings(_Section):
-    """Where Testflinger is; with client_id (and its secret) set, rackwatch logs in."""
+def job_url(web_base: str | None, job_id: str | None) -> str | None:
+    """The job's page in Testflinger's web UI under `web_base` (which ends with "/"), without
+    the user:password@ that `web_base` may carry; None without a base or a job."""
+    if not web_base or not job_id:
+        return None
+    parts = urlsplit(web_base)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts._replace(netloc=host).geturl()}jobs/{job_id}"
+
+
+class TestflingerLinks(_Section):
+    """Where Testflinger's web UI shows a job: all of [testflinger] that `status` and `history`
+    read, so that they need none of its secrets. Other keys of the section are ignored here."""
 
     __test__ = False  # not a pytest test class, despite the name
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     url: str = "https://testflinger.canonical.com/"
-    client_id: str = ""
-    secret: SecretStr = SecretStr("")
-    location: str = ""  # only agents whose location contains this text
-    timeout: Duration = timedelta(seconds=30)
+    web_url: str = ""  # the web UI's base, when it is not `url`
 
     @field_validator("url")
     @classmethod
     def _normalise(cls, value: str) -> str:
         return _normalise_url(value)
+
+    @field_validator("web_url")
+    @classmethod
+    def _normalise_web(cls, value: str) -> str:
+        return _normalise_url(value) if value.strip() else ""
+
+    @property
+    def web_base(self) -> str:
+        """The base of the job pages (see `job_url`): `web_url`, else `url`."""
+        return self.web_url or self.url
+
+
+class TestflingerSettings(TestflingerLinks):
+    """Where Testflinger is; with client_id (and its secret) set, rackwatch logs in."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_id: str = ""
+    secret: SecretStr = SecretStr("")
+    location: str = ""  # only agents whose location contains this text
+    timeout: Duration = timedelta(seconds=30)
 
     @model_validator(mode="after")
     def _check_login(self) -> TestflingerSettings:
@@ -370,7 +400,8 @@ class StateSettings(_FromFile):
     """What the commands that only read the state file need: no upstream, no secret.
 
     `status` and `history` run as root outside the service, where the systemd credentials are
-    not to be had; they must work without the MAAS key. Other keys are not checked here.
+    not to be had; they must work without the MAAS key and the Testflinger secret. Other keys
+    are not checked here.
     """
 
     model_config = SettingsConfigDict(
@@ -384,6 +415,7 @@ class StateSettings(_FromFile):
     racks: list[Rack] = []
     state_file: StateFile = Path("/var/lib/rackwatch/state.db")
     schedule: ScheduleSettings = ScheduleSettings()
+    testflinger: TestflingerLinks = TestflingerLinks()  # for the job links only
 
 
 _Model = TypeVar("_Model", bound=BaseSettings)

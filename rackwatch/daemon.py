@@ -333,7 +333,7 @@ class Daemon:
             await alerts.deliver_outbox(
                 self._store,
                 settings.alerts,
-                testflinger_url=settings.testflinger.url,
+                testflinger_url=settings.testflinger.web_base,
                 timeout_s=alerts.DAEMON_DELIVERY_TIMEOUT_S,
                 session=self._session,
                 retry=self._retry or RetryPolicy.DELIVERY,

@@ -16,7 +16,7 @@ machine drifts, and when a machine's provisioning has slowed down. `status` appl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from enum import StrEnum
 from statistics import median
@@ -41,6 +41,8 @@ MAAS_TROUBLE = frozenset(
 )
 # Excluded for these, an agent is out of service by its own failure.
 OWN_FAILURES = frozenset({Outcome.STALE, Outcome.QUARANTINED})
+# Skipped for these, an agent cannot be checked: it serves no jobs of ours, but is not offline.
+NOT_CHECKABLE = frozenset({Outcome.STALE, Outcome.QUARANTINED, Outcome.NO_QUEUE})
 
 # A latest pass this many times the median of the latest passes is flagged: a machine whose
 # provisioning slows down is degrading before it fails. Fewer passes make no median to trust.
@@ -105,9 +107,29 @@ def needs_a_person(health: AgentHealth, maas_status: str | None) -> bool:
 
 
 def _is_own_failure(health: AgentHealth) -> bool:
+    return health.outcome in OWN_FAILURES or _says_recovery_failed(health.reason)
+
+
+def _says_recovery_failed(text: str) -> bool:
     # A Testflinger agent whose device recovery failed sets itself offline with a comment
-    # saying so ("... Recovery failed during job ..."), which the offline reason quotes.
-    return health.outcome in OWN_FAILURES or "recovery failed" in health.reason.casefold()
+    # saying so ("... Recovery failed during job ..."), which the offline detail quotes.
+    return "recovery failed" in text.casefold()
+
+
+def is_set_offline_by_admin(outcome: Outcome, detail: str) -> bool:
+    """Offline or in maintenance by an admin's hand, not by the agent's failed recovery."""
+    return outcome is Outcome.OFFLINE and not _says_recovery_failed(detail)
+
+
+def rack_reading(status: str | None, outcomes: Iterable[Outcome]) -> str | None:
+    """A rack's cycle status as `run-once` and `status` show it: "attention" for an "ok" one in
+    which an agent is stale or quarantined (`outcomes` are its agents' latest), else as it is.
+
+    Derived, never stored: the state file keeps "ok", which is what the cycle's checks found.
+    """
+    if status == "ok" and any(outcome in OWN_FAILURES for outcome in outcomes):
+        return "attention"
+    return status
 
 
 def slowdown(provision_s: Sequence[float]) -> float | None:

@@ -24,6 +24,7 @@ import structlog
 from rackwatch import policy
 from rackwatch.errors import UpstreamError, UpstreamOutcomeUnknown, UpstreamUnavailable
 from rackwatch.model import ActiveJob, Agent, JobDefinition, JobResult, Outcome
+from rackwatch.provision_log import excerpt
 from rackwatch.store import CheckRecord, Store
 
 log = structlog.get_logger("rackwatch.check")
@@ -91,7 +92,9 @@ class Jobs:
         job_template: Mapping[str, Any],
         clock: Callable[[], datetime],
         on_progress: Callable[[Tally], None] | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
+        """`secrets` are scrubbed from the provision logs kept of failed and timed-out jobs."""
         self._tf = testflinger
         self._store = store
         self._limits = limits
@@ -100,6 +103,7 @@ class Jobs:
         self._job_template = job_template
         self._clock = clock
         self._on_progress = on_progress
+        self._secrets = tuple(secrets)
         self._tags = (JOB_TAG, f"{JOB_TAG}-{store.identity()}")
         self.tally = Tally()
 
@@ -253,12 +257,16 @@ class Jobs:
         )
 
     async def _track(self, job: Job) -> None:
-        """Poll the job until it ends or its time is up; cancel it when its time is up."""
+        """Poll the job until it ends or its time is up; cancel it when its time is up.
+
+        A failed or timed-out check keeps the end of the provision output last read.
+        """
         assert job.submitted_at is not None
         deadline = job.submitted_at + self._limits.job_timeout
         poll_s = self._poll_interval.total_seconds()
         running = False
         last_error: UpstreamError | None = None
+        last: JobResult | None = None
         while True:
             await asyncio.sleep(max(0.0, min(poll_s, (deadline - self._clock()).total_seconds())))
             try:
@@ -268,7 +276,7 @@ class Jobs:
                 last_error = exc  # keep polling: the job runs on whether we can see it or not
             except UpstreamError as exc:
                 self.upstream_failed(exc)
-                detail = f"{exc}; {await self._cancel(job)}"
+                detail = f"{exc}; {await self._cancel(job, last)}"
                 self.finish(job, Outcome.ERROR, detail, lingering=True)
                 return
             else:
@@ -276,9 +284,17 @@ class Jobs:
                 if result is None:
                     self.finish(job, Outcome.ERROR, "Testflinger no longer knows the job")
                     return
+                last = result
                 verdict = policy.judge(result)
                 if verdict is not None:
-                    self.finish(job, *verdict, provision_status=result.provision_status)
+                    outcome, detail = verdict
+                    self.finish(
+                        job,
+                        outcome,
+                        detail,
+                        provision_status=result.provision_status,
+                        provision_log=self._log_of(result) if outcome.is_failure else None,
+                    )
                     return
                 if not running and result.state != "waiting":
                     running = True
@@ -286,23 +302,32 @@ class Jobs:
                     self._progress()
             if self._clock() >= deadline:
                 limit = policy.format_age(self._limits.job_timeout)
-                cancel = await self._cancel(job)
+                cancel = await self._cancel(job, last)
                 if last_error is not None:
                     detail = f"no result readable for {limit}: {last_error}; {cancel}"
                     self.finish(job, Outcome.ERROR, detail, lingering=True)
                 else:
                     detail = f"not ended within {limit}; {cancel}"
-                    self.finish(job, Outcome.TIMED_OUT, detail, lingering=True)
+                    log_read = self._log_of(last) if last is not None else None
+                    self.finish(
+                        job, Outcome.TIMED_OUT, detail, provision_log=log_read, lingering=True
+                    )
                 return
 
-    async def _cancel(self, job: Job) -> str:
+    async def _cancel(self, job: Job, last: JobResult | None = None) -> str:
+        """Cancel the job, whose latest result read was `last`; what came of it, as text."""
         try:
             cancelled = await self._tf.cancel(job.job_id)
         except UpstreamError as exc:
             self.upstream_failed(exc)
             log.warning("check.cancel_failed", rack=job.rack, agent=job.agent, error=str(exc))
             return f"cancelling it failed: {exc}"
-        return "cancelled" if cancelled else "it had ended by the time it was cancelled"
+        if not cancelled:
+            return "it had ended by the time it was cancelled"
+        return policy.cancelled_text(last.state if last is not None else None)
+
+    def _log_of(self, result: JobResult) -> str | None:
+        return excerpt(result.provision_output, secrets=self._secrets)
 
     def _definition(self, job: Job) -> dict[str, Any]:
         template = self._job_template
@@ -331,6 +356,7 @@ class Jobs:
         detail: str,
         *,
         provision_status: int | None = None,
+        provision_log: str | None = None,
         lingering: bool = False,
     ) -> None:
         """End the check; `lingering` when its job may run on (see `_follow_up`)."""
@@ -341,6 +367,7 @@ class Jobs:
             at=now,
             detail=detail,
             provision_status=provision_status,
+            provision_log=provision_log,
             lingering=lingering,
         )
         started = job.submitted_at

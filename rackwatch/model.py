@@ -100,6 +100,7 @@ class JobResult:
     state: str  # job_state: "waiting", "running", a phase, "complete", "cancelled", ...
     provision_status: int | None = None
     setup_status: int | None = None
+    provision_output: str | None = None  # the provision phase's standard output, as posted
 
     @property
     def has_ended(self) -> bool:
@@ -142,6 +143,7 @@ class Fact:
     job_id: str | None
     at: datetime
     in_incident: bool = False  # its rack cycle was a rack incident
+    provision_log: str | None = None  # the end of its job's provision output, if it failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,30 @@ class HealthChange:
     after: AgentHealth
 
 
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """An agent (`agent` set) or a whole rack (`rack` set) that is checked but not announced.
+
+    It lasts until `until`, or until `ended_at` when it was ended before; `settled` once the
+    first cycle after its end has announced what it kept quiet (see `rackwatch.silences`).
+    """
+
+    id: int
+    agent: str | None
+    rack: str | None
+    reason: str
+    by: str  # who silenced it: the user who ran `rackwatch silence`
+    created_at: datetime
+    until: datetime
+    ended_at: datetime | None = None
+    settled: bool = False
+
+    @property
+    def ends_at(self) -> datetime:
+        """When it ends, or ended: `until`, or `ended_at` when it was ended before that."""
+        return self.until if self.ended_at is None else min(self.until, self.ended_at)
+
+
 class EventKind(StrEnum):
     """What an alert event announces."""
 
@@ -182,7 +208,8 @@ class AlertEvent:
     """One change to announce: an agent's health, the rack's incident, or drift.
 
     `kind` is plain text only for a kind this rackwatch does not know, read back from an outbox
-    that a later rackwatch left behind. `before` and `after` are an agent's health states.
+    that a later rackwatch left behind. `before` and `after` are an agent's health states;
+    `error_line` is the line of the job's provision log that says why it failed.
     """
 
     kind: EventKind | str
@@ -192,10 +219,15 @@ class AlertEvent:
     before: str | None = None
     after: str | None = None
     job_id: str | None = None
+    error_line: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The event as the outbox stores it, the webhook receives it and the log shows it."""
-        return {
+        """The event as the outbox stores it, the webhook receives it and the log shows it.
+
+        `error_line` is there only when the event has one, so that an event without one reads
+        as it did before events had it.
+        """
+        data: dict[str, Any] = {
             "kind": str(self.kind),
             "rack": self.rack,
             "agent": self.agent,
@@ -204,6 +236,9 @@ class AlertEvent:
             "reason": self.reason,
             "job_id": self.job_id,
         }
+        if self.error_line is not None:
+            data["error_line"] = self.error_line
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AlertEvent:
@@ -216,6 +251,7 @@ class AlertEvent:
             before=_text_or_none(data.get("from")),
             after=_text_or_none(data.get("to")),
             job_id=_text_or_none(data.get("job_id")),
+            error_line=_text_or_none(data.get("error_line")),
         )
 
 

@@ -263,6 +263,19 @@ def late_result(result: JobResult, past_deadline: timedelta) -> str:
     return f"{seen}, without a provision status (provisioning never ran)"
 
 
+def cancelled_text(last_state: str | None) -> str:
+    """What a cancel of a job that had not ended did, by the job's state as last seen.
+
+    A job still waiting was never taken by an agent; one in setup (or just taken, "running")
+    was stopped before its provisioning, which a cancel cannot interrupt once it runs.
+    """
+    if last_state == "waiting":
+        return "cancelled before an agent picked it up"
+    if last_state in ("running", "setup"):
+        return "cancelled before its provisioning started"
+    return "cancelled"
+
+
 def judge(result: JobResult) -> tuple[Outcome, str] | None:
     """The outcome of a job that has ended, with its detail; None while it runs.
 

@@ -15,10 +15,10 @@ from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from rackwatch import alerts
-from rackwatch.check import RackReport, run_cycle
+from rackwatch.check import RackReport, racks_holding, run_cycle
 from rackwatch.clients import RetryPolicy, connect
 from rackwatch.config import Settings
-from rackwatch.errors import StoreError
+from rackwatch.errors import StoreError, UsageError
 from rackwatch.locks import RackLocks
 from rackwatch.progress import Progress
 from rackwatch.store import Store
@@ -55,8 +55,12 @@ async def check_racks(
     *,
     dry_run: bool = False,
     retry: RetryPolicy | None = None,
+    agents: Sequence[str] | None = None,
 ) -> list[RackReport]:
-    """One cycle with the live progress line on a terminal, then the alerts it queued."""
+    """One cycle with the live progress line on a terminal, then the alerts it queued.
+
+    With `agents`, a partial cycle of only those agents of the racks.
+    """
     progress = Progress(racks) if sys.stderr.isatty() else None
     shown: AbstractAsyncContextManager[None] = progress.ticking() if progress else nullcontext()
     with Store.open(state_file) as store:
@@ -69,13 +73,14 @@ async def check_racks(
                 testflinger=clients.testflinger,
                 dry_run=dry_run,
                 on_progress=progress.update if progress else None,
+                agents=agents,
             )
         if not dry_run:
             # Announce this run's health changes (and any left over); never fails the run.
             await alerts.deliver_outbox(
                 store,
                 settings.alerts,
-                testflinger_url=settings.testflinger.url,
+                testflinger_url=settings.testflinger.web_base,
                 timeout_s=alerts.RUN_ONCE_DELIVERY_TIMEOUT_S,
             )
         return reports
@@ -88,3 +93,21 @@ def jobs_left(state_file: Path) -> int:
             return len(store.unfinished())
     except StoreError:
         return 0
+
+
+async def racks_of_agents(
+    settings: Settings, agents: Sequence[str], racks: Sequence[str]
+) -> list[str]:
+    """The racks among `racks` that hold the named agents' machines, in the order given.
+
+    Raises:
+        UsageError: a name that none of the racks holds.
+    """
+    async with connect(settings, RetryPolicy.PROBE) as clients:
+        holding = await racks_holding(agents, racks, clients.maas)
+    missing = [name for name, found in holding.items() if not found]
+    if missing:
+        listed = ", ".join(repr(name) for name in missing)
+        among = ", ".join(racks)
+        raise UsageError(f"no machine named {listed} in the racks checked ({among})")
+    return [rack for rack in racks if any(rack in found for found in holding.values())]

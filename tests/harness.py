@@ -48,7 +48,12 @@ class Harness:
         return Settings.from_mapping(data)
 
     async def cycle(
-        self, racks: list[str] | None = None, *, dry_run: bool = False, **overrides: Any
+        self,
+        racks: list[str] | None = None,
+        *,
+        dry_run: bool = False,
+        agents: list[str] | None = None,
+        **overrides: Any,
     ) -> list[RackReport]:
         settings = self.settings(**overrides)
         with Store.open(self.state_file) as store:
@@ -60,6 +65,7 @@ class Harness:
                     maas=clients.maas,
                     testflinger=clients.testflinger,
                     dry_run=dry_run,
+                    agents=agents,
                 )
 
 

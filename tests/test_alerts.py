@@ -226,6 +226,24 @@ def test_without_a_testflinger_url_the_job_id_is_shown_instead() -> None:
     assert payload["text"].endswith(f"m1 unhealthy: {FAILED} — job j-9")
 
 
+def test_an_unhealthy_event_names_its_error_line_and_older_events_read_as_before() -> None:
+    """error_line follows the reason and is sent as data; an event without one is unchanged."""
+    line = '2026-12-01 20:14:40 ERROR: MAAS deployment of m1 failed: <curtin> & "grub"'
+    with_line = {**event("unhealthy", "m1", FAILED, "j-1"), "error_line": line}
+    older = event("unhealthy", "m2", FAILED, "j-2")
+    body = {"rack": "r", "cycle_id": 1, "events": [with_line, older]}
+    alert = Alert.from_json(body)
+    payload = render(alert, testflinger_url="https://bot:pw@tf.example.com/")
+    escaped = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert payload["text"].splitlines()[1:] == [
+        f"🔴 m1 unhealthy: {FAILED}: {escaped} — job https://tf.example.com/jobs/j-1",
+        f"🔴 m2 unhealthy: {FAILED} — job https://tf.example.com/jobs/j-2",
+    ]
+    assert payload["events"][0]["error_line"] == line
+    assert "error_line" not in payload["events"][1]
+    assert json.dumps(alert.to_json()) == json.dumps(body)  # the outbox's text, byte for byte
+
+
 def test_upstream_text_cannot_become_a_mention_or_a_link() -> None:
     """<, > and & in a reason are escaped, as Slack requires; Mattermost shows them as text."""
     reason = "failed: <!channel> see <http://evil.example|here> & more"
@@ -492,6 +510,33 @@ async def test_run_once_delivers_the_alert_of_its_cycle(tmp_path: Path, receiver
     assert receiver.kinds() == [[("unhealthy", "r1-m1")]]
     assert pending(state_file) == []
     assert TOKEN not in done.err and "xoxb" not in done.err
+
+
+async def test_the_alert_of_a_failed_agent_names_why_and_links_under_web_url(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The unhealthy event carries its log's error line, and its job's page under web_url."""
+    lab = Lab(
+        [SimRack("r1", [SimMachine("r1-m1", B.FAIL), SimMachine("r1-m2", B.PASS)])],
+        provision_seconds=0.3,
+        pickup_seconds=0.05,
+    )
+    async with lab.serve() as urls:
+        state_file = tmp_path / "state.db"
+        extra = f'[health]\nfailures_to_unhealthy = 1\n[alerts]\nwebhook_url = "{receiver.url}"'
+        web = 'web_url = "https://ui.example.com/tf"'
+        config = write_config(tmp_path / "rw.toml", lab, urls, state_file, extra, testflinger=web)
+        done = await rackwatch("run-once", "--config", str(config), "--log-format", "json")
+    assert done.code == 1, done.err
+    [message] = receiver.messages
+    [unhealthy] = message["events"]
+    with Store.open_readonly(state_file) as store:
+        [check] = store.history("r1-m1")
+    why = 'ERROR: MAAS deployment of r1-m1 failed: status "Failed deployment"'
+    assert unhealthy["error_line"].endswith(f"{why} (curtin: grub-install failed)")
+    assert unhealthy["url"] == f"https://ui.example.com/tf/jobs/{check.job_id}"
+    assert f"🔴 r1-m1 unhealthy: {FAILED}: " in message["text"]
+    assert why in message["text"]
 
 
 def _with_alerts(daemon: Daemon, url: str) -> None:

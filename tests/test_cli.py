@@ -65,12 +65,17 @@ async def test_run_once_json_has_exactly_the_documented_shape(setup: Setup) -> N
         "provision_status",
         "detail",
         "duration_s",
+        "provision_log",
+        "url",
     }
     assert agents["r1-m1"]["outcome"] == "passed"
     assert agents["r1-m1"]["provision_status"] == 0
     assert agents["r1-m1"]["duration_s"] > 0
+    assert agents["r1-m1"]["provision_log"] is None
+    assert agents["r1-m1"]["url"] == f"{setup.urls.testflinger}jobs/{agents['r1-m1']['job_id']}"
     assert agents["r1-m2"]["outcome"] == "offline"
     assert agents["r1-m2"]["job_id"] is None
+    assert agents["r1-m2"]["url"] is None
 
 
 async def test_a_failed_check_exits_1(setup: Setup) -> None:
@@ -79,6 +84,59 @@ async def test_a_failed_check_exits_1(setup: Setup) -> None:
     done = await rackwatch("run-once", "--config", str(setup.config))
     assert done.code == 1, done.err
     assert "provisioning exited 1" in done.out
+
+
+async def test_run_once_shows_why_a_check_failed_in_the_table_and_the_json(setup: Setup) -> None:
+    """The table's DETAIL ends with the log's error line; --json has the log and the job's page."""
+    setup.lab.set_behaviour("r1-m1", Behaviour.FAIL)
+    why = 'ERROR: MAAS deployment of r1-m1 failed: status "Failed deployment" (curtin: grub-install'
+    text = await rackwatch("run-once", "--config", str(setup.config))
+    assert text.code == 1, text.err
+    [row] = [line for line in text.out.splitlines() if line.startswith("  r1-m1 ")]
+    assert re.search(
+        r"provisioning exited 1 \(device connector error\): "
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {re.escape(why)} failed\)$",
+        row,
+    ), row
+
+    done = await rackwatch("run-once", "--config", str(setup.config), "--json")
+    assert done.code == 1, done.err
+    failed = {a["agent"]: a for a in json.loads(done.out)["racks"][0]["agents"]}["r1-m1"]
+    assert failed["detail"] == "provisioning exited 1 (device connector error)"
+    assert why in failed["provision_log"]
+    assert failed["provision_log"].splitlines()[-1].endswith("Cleaning up: releasing node r1-m1")
+    assert failed["url"] == f"{setup.urls.testflinger}jobs/{failed['job_id']}"
+
+
+async def test_a_rack_with_a_stale_agent_reads_attention_and_exits_0(
+    served: LabFactory, tmp_path: Path
+) -> None:
+    """ok but for a stale agent: the rack reads attention, the summary counts it apart, exit 0."""
+    b = Behaviour
+    rack = SimRack(
+        "r1",
+        [
+            SimMachine("r1-m1", b.PASS),
+            SimMachine("r1-m2", b.STALE),
+            SimMachine("r1-m3", b.OFFLINE),
+            SimMachine("r1-m4", b.SHARED_QUEUE),
+        ],
+    )
+    harness = await served([rack])
+    config = write_config(tmp_path / "rw.toml", harness.lab, harness.urls, tmp_path / "s.db")
+    text = await rackwatch("run-once", "--config", str(config))
+    done = await rackwatch("run-once", "--config", str(config), "--json")
+    assert text.code == 0, text.err
+    assert re.search(r"^r1: attention in ", text.out, re.MULTILINE), text.out
+    assert text.out.strip().splitlines()[-1] == (
+        "1 rack: 4 agents, 1 passed, 0 failed, 0 timed out, 0 errors,"
+        " 2 not checkable (stale, quarantined, no queue), 1 set offline by an admin"
+    )
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["racks"][0]["status"] == "attention"
+    with Store.open_readonly(tmp_path / "s.db") as store:
+        last = store.last_cycle("r1")
+    assert last is not None and last.status == "ok"  # the state file keeps what the checks found
 
 
 async def test_an_unknown_rack_exits_69(setup: Setup) -> None:
@@ -177,7 +235,7 @@ async def test_a_bad_rack_name_is_a_usage_error(setup: Setup, racks: list[str]) 
     assert setup.lab.requests.total() == 0
 
 
-@pytest.mark.parametrize("command", ["status", "history", "check-config"])
+@pytest.mark.parametrize("command", ["status", "history", "check-config", "silence", "unsilence"])
 def test_every_command_has_help_with_an_example(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,7 +12,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -334,6 +334,27 @@ async def test_a_submitted_job_keeps_the_id_rackwatch_chose() -> None:
     assert len(lab.submissions) == 1
     assert lab.submissions[0]["job_queue"] == "a-m1"
     assert lab.submissions[0]["job_id"] == job_id
+
+
+async def test_a_result_carries_the_provision_output_when_it_is_text() -> None:
+    """provision_output is read as the agent posted it; anything but text reads as none."""
+    lab = make_lab(provision_seconds=0.05, pickup_seconds=0.02)
+    lab.set_behaviour("a-m1", Behaviour.FAIL)
+    job_id = str(uuid.uuid4())
+    job = {"job_queue": "a-m1", "job_id": job_id, "provision_data": {"distro": "noble"}}
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        tf = clients.testflinger
+        await tf.submit(job)
+        await until(lambda: lab.job_state(job_id) == "complete")
+        result = await tf.result(job_id)
+        stored = lab.job(job_id)
+        assert stored is not None
+        stored.provision_output = cast(Any, ["not", "text"])
+        garbled = await tf.result(job_id)
+    assert result is not None and result.provision_status == 1
+    assert result.provision_output is not None
+    assert "ERROR: MAAS deployment of a-m1 failed" in result.provision_output
+    assert garbled is not None and garbled.provision_output is None
 
 
 async def test_the_result_of_an_unknown_job_is_none() -> None:

@@ -17,7 +17,9 @@ from rackwatch.config import (
     Settings,
     TestflingerSettings,
     default_config_path,
+    job_url,
     load_settings,
+    load_state_settings,
     parse_duration,
 )
 from rackwatch.errors import ConfigError
@@ -219,6 +221,35 @@ def test_testflinger_url_is_normalised(tmp_path: Path, url: str, expected: str) 
     assert settings.testflinger.url == expected
 
 
+def test_job_links_go_under_web_url_when_set_and_never_carry_a_password(tmp_path: Path) -> None:
+    """web_url is normalised like url and, when set, is the base of the job links, minus userinfo."""
+    plain = load_text(tmp_path, MAAS + '[testflinger]\nurl = "https://ci:pw@tf.test:8443/api"\n')
+    assert plain.testflinger.web_url == ""
+    assert job_url(plain.testflinger.web_base, "j-1") == "https://tf.test:8443/api/jobs/j-1"
+    web = load_text(
+        tmp_path, MAAS + '[testflinger]\nurl = "https://tf.test/"\nweb_url = "https://ui.test//"\n'
+    )
+    assert web.testflinger.web_url == "https://ui.test/"
+    assert job_url(web.testflinger.web_base, "j-1") == "https://ui.test/jobs/j-1"
+    assert job_url(web.testflinger.web_base, None) is None
+
+
+def test_status_settings_read_the_job_links_without_any_secret(tmp_path: Path) -> None:
+    """status and history read testflinger.url and web_url; a login without its secret is no error."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[testflinger]\nurl = "https://tf.test"\nweb_url = "https://ui.test"\nclient_id = "me"\n'
+    )
+    settings = load_state_settings(path)
+    assert (settings.testflinger.url, settings.testflinger.web_base) == (
+        "https://tf.test/",
+        "https://ui.test/",
+    )
+    path.write_text('[testflinger]\nweb_url = "ui.test"\n')
+    with pytest.raises(ConfigError, match=r"testflinger\.web_url: must be an http://"):
+        load_state_settings(path)
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 MAAS_URL_ONLY = '[maas]\nurl = "http://maas.test:5240/MAAS/"\n'
@@ -269,6 +300,8 @@ MAAS_URL_ONLY = '[maas]\nurl = "http://maas.test:5240/MAAS/"\n'
         ('[maas]\nurl = "http://"\napi_key = "a:b:c"\n', "maas.url: must be an http://"),
         ('[maas]\nurl = "http://m:99999/"\napi_key = "a:b:c"\n', "maas.url: is not a valid URL"),
         (MAAS + '[testflinger]\nurl = "tf.test"\n', "testflinger.url: must be an http://"),
+        (MAAS + '[testflinger]\nweb_url = "ftp://ui"\n', "testflinger.web_url: must be an http"),
+        (MAAS + '[testflinger]\nweb_ur = ""\n', "testflinger.web_ur: unknown key"),
         # Testflinger login
         (MAAS + '[testflinger]\nclient_id = "me"\n', "testflinger: a secret is required"),
         # the job template

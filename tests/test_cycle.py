@@ -11,7 +11,8 @@ from rackwatch.check import Checker, CheckPlan, RackReport
 from rackwatch.clients import connect
 from rackwatch.errors import StoreError
 from rackwatch.model import Outcome
-from rackwatch.simlab import Behaviour, Fault, FaultKind, SimMachine, SimRack
+from rackwatch.provision_log import error_line
+from rackwatch.simlab import DEFAULT_MAAS_API_KEY, Behaviour, Fault, FaultKind, SimMachine, SimRack
 from rackwatch.store import Store
 from tests.harness import FAST_RETRY, Harness, LabFactory, rack, until
 
@@ -62,6 +63,41 @@ async def test_every_outcome_in_one_cycle(served: LabFactory) -> None:
     assert (r1.cycle.status, r2.cycle.status) == ("failures", "ok")
     with Store.open(harness.state_file) as store:
         assert store.unfinished() == []
+
+
+async def test_failed_checks_keep_the_end_of_the_provision_output(served: LabFactory) -> None:
+    """A failed job's check keeps its connector log's last lines, secrets scrubbed; a pass none."""
+    b = Behaviour
+    harness = await served([rack("r1", b.PASS, b.FAIL, b.RECOVERY_FAIL)])
+    secret = DEFAULT_MAAS_API_KEY.rsplit(":", 1)[1]  # a configured secret, echoed by the job
+    [report] = await harness.cycle(job={"provision_data": {"distro": secret}})
+    checks = {c.agent: c for c in report.checks}
+    assert checks["r1-m1"].provision_log is None
+    failed, recovery = checks["r1-m2"].provision_log, checks["r1-m3"].provision_log
+    assert failed is not None and recovery is not None
+    assert (error_line(failed) or "").endswith(
+        'ERROR: MAAS deployment of r1-m2 failed: status "Failed deployment"'
+        " (curtin: grub-install failed)"
+    )
+    assert "ERROR: Device recovery failed: r1-m3" in (error_line(recovery) or "")
+    assert failed.splitlines()[-1].endswith("INFO: Cleaning up: releasing node r1-m2")
+    assert "TESTFLINGER SYSTEM RUN" not in failed  # the banner is dropped
+    assert secret not in failed and "with distro ***" in failed
+
+
+async def test_a_timed_out_job_says_how_far_it_got_before_its_cancel(served: LabFactory) -> None:
+    """A job no agent took was cancelled before pickup; one still in setup before provisioning."""
+    b = Behaviour
+    # Pickup and setup take 0.7 s each: at the 1 s timeout, r1-m2's job is in setup.
+    harness = await served([rack("r1", b.NEVER_PICKS_UP, b.PASS)], pickup_seconds=0.7)
+    [report] = await harness.cycle(check={"job_timeout": 1})
+    checks = {c.agent: c for c in report.checks}
+    assert outcomes(report) == {"r1-m1": Outcome.TIMED_OUT, "r1-m2": Outcome.TIMED_OUT}
+    assert checks["r1-m1"].detail == "not ended within 1s; cancelled before an agent picked it up"
+    assert (
+        checks["r1-m2"].detail == "not ended within 1s; cancelled before its provisioning started"
+    )
+    assert (checks["r1-m1"].provision_log, checks["r1-m2"].provision_log) == (None, None)
 
 
 async def test_jobs_go_to_the_agents_own_queue_with_the_template(served: LabFactory) -> None:

@@ -114,3 +114,40 @@ async def test_drift_is_announced_when_it_appears_and_not_again(served: LabFacto
     [drift] = broken.body["events"]
     assert drift["reason"] == "MAAS marks the machine Broken"
     assert list(drift) == ["kind", "rack", "agent", "from", "to", "reason", "job_id"]
+
+
+async def test_a_partial_cycle_neither_opens_nor_closes_an_incident(served: LabFactory) -> None:
+    """Checking one agent again during a rack incident leaves the incident open, and its
+    failure counts as part of it."""
+    harness = await served([rack("r1", B.PASS, B.PASS, B.PASS, B.PASS)])
+    for name in ("r1-m1", "r1-m2", "r1-m3"):
+        harness.lab.set_behaviour(name, B.FAIL)
+    await harness.cycle()
+    with Store.open(harness.state_file) as store:
+        assert store.open_incident("r1") is not None
+
+    await harness.cycle(agents=["r1-m4"])  # passes: would close it as a full cycle
+    await harness.cycle(agents=["r1-m1"])  # fails: would count against the agent
+    await harness.cycle(agents=["r1-m1"])
+    with Store.open(harness.state_file) as store:
+        assert store.open_incident("r1") is not None
+    assert health_states(harness).get("r1-m1") is not Health.UNHEALTHY
+    assert alert_events(harness) == [[("incident_opened", None)]]
+
+
+async def test_an_unhealthy_event_carries_the_error_line_of_the_check_that_made_it(
+    served: LabFactory,
+) -> None:
+    """The queued unhealthy event names its job's error line; the recovery has none."""
+    harness = await served([rack("r1", B.RECOVERY_FAIL, B.PASS, B.PASS, B.PASS)])
+    await harness.cycle(health={"failures_to_unhealthy": 1})
+    harness.lab.set_behaviour("r1-m1", B.PASS)
+    harness.lab.set_agent_state("r1-m1", "waiting")  # the admin brings it back after the repair
+    await harness.cycle(health={"failures_to_unhealthy": 1})
+    with Store.open(harness.state_file) as store:
+        fell, recovered = [a.body["events"] for a in store.pending_alerts()]
+        made_it = store.history("r1-m1")[-1]
+    [unhealthy] = fell
+    assert unhealthy["job_id"] == made_it.job_id
+    assert "ERROR: Device recovery failed: r1-m1" in unhealthy["error_line"]
+    assert [(e["kind"], "error_line" in e) for e in recovered] == [("recovered", False)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import re
 import time
 import uuid
 
@@ -97,6 +98,45 @@ async def test_a_job_runs_to_complete_with_the_behaviours_provision_status(
         assert agent["comment"] == (
             f"Set to offline by agent. Recovery failed during job '{job_id}' execution."
         )
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "last_error"),
+    [
+        (
+            Behaviour.FAIL,
+            'ERROR: MAAS deployment of m0 failed: status "Failed deployment"'
+            " (curtin: grub-install failed)",
+        ),
+        (
+            Behaviour.RECOVERY_FAIL,
+            "ERROR: Device recovery failed: m0 did not come back after a power cycle"
+            " (BMC: Connection timed out)",
+        ),
+        (Behaviour.PASS, None),
+    ],
+)
+async def test_the_provision_output_is_a_connector_log_that_says_why_it_failed(
+    behaviour: Behaviour, last_error: str | None
+) -> None:
+    """Once provision ends, provision_output is a banner and timestamped lines; a failure's last
+    error says why, and a cleanup line follows it."""
+    async with running(lab_of(behaviour)) as (urls, session):
+        job_id = await submit(session, urls, "m0", provision_data={"distro": "jammy"})
+        running_job = await result_when(session, urls, job_id, "provision")
+        done = await result_when(session, urls, job_id, "complete")
+    assert "provision_output" not in running_job
+    lines = done["provision_output"].splitlines()
+    assert lines[0] == "*** TESTFLINGER SYSTEM RUN [provision] ***"
+    stamped = [line for line in lines[1:] if line]
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|ERROR): ", x) for x in stamped)
+    assert any("with distro jammy" in line for line in stamped)
+    errors = [line for line in stamped if " ERROR: " in line]
+    if last_error is None:
+        assert errors == [] and stamped[-1].endswith("INFO: END provision")
+    else:
+        assert errors[-1].endswith(last_error)
+        assert stamped[-1].endswith("INFO: Cleaning up: releasing node m0")
 
 
 @pytest.mark.parametrize(

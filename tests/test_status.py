@@ -99,11 +99,15 @@ async def test_status_shows_a_header_per_rack_and_a_row_per_agent(setup: Setup) 
     assert re.match(
         r"  r1-m2 +unknown +failed +.+ +1 +0/1 +- +never +provisioning exited 1", failed
     ), failed
+    assert failed.endswith(
+        'ERROR: MAAS deployment of r1-m2 failed: status "Failed deployment"'
+        " (curtin: grub-install failed)"
+    ), failed
     offline = row(done.out, "r1-m3")
     assert re.match(r"  r1-m3 +excluded \d+s +offline +.+ +0 +- +- +never +offline: ", offline)
     assert done.out.strip().splitlines()[-2:] == [
         "2 racks, 4 agents by their last outcome: 2 passed, 1 failed or timed out, 0 errors,"
-        " 1 not checked; 0 jobs in flight",
+        " 1 set offline by an admin; 0 jobs in flight",
         "by health: 2 healthy, 0 unhealthy, 1 excluded, 1 unknown; 0 rack incidents open",
     ]
 
@@ -202,6 +206,7 @@ async def test_status_json_has_exactly_the_documented_structure(setup: Setup) ->
         "job_in_flight",
         "maas_status",
         "detail",
+        "silence",
     ]
     failing, passing = agents["r1-m2"], agents["r1-m1"]
     assert failing["machine"] == "r1-m2"
@@ -211,6 +216,7 @@ async def test_status_json_has_exactly_the_documented_structure(setup: Setup) ->
     assert (failing["median_provision_s"], failing["last_provision_s"]) == (None, None)
     assert failing["maas_status"] == "Deployed"
     assert list(passing["health"]) == ["state", "since", "reason", "job_id"]
+    assert passing["silence"] is None
     assert passing["health"]["state"] == "healthy"
     assert passing["pass_rate"] == {"passed": 1, "judged": 1}
     assert 0 < passing["median_provision_s"] == passing["last_provision_s"] < 3
@@ -276,10 +282,11 @@ async def test_status_shows_health_with_since_and_reason(setup: Setup) -> None:
     done, data = await asyncio.gather(setup.status("r1"), setup.status_json("r1"))
     assert done.code == 0, done.err
     reason = "failed: provisioning exited 1 (device connector error)"
+    why = 'ERROR: MAAS deployment of r1-m2 failed: status "Failed deployment"'
     unhealthy = row(done.out, "r1-m2")
     assert re.match(
         rf"  r1-m2 +unhealthy \d+s +failed +.+ +2 +0/2 +- +never +"
-        rf"{re.escape(reason)} \(job {latest.job_id}\)$",
+        rf"{re.escape(reason)}: \S+ \S+ {re.escape(why)} .*\(job {latest.job_id}\)$",
         unhealthy,
     ), unhealthy
     assert re.match(r"  r1-m1 +healthy \d+s +passed .* 2/2 ", row(done.out, "r1-m1"))
@@ -560,11 +567,105 @@ async def test_history_is_newest_first_and_limited(setup: Setup) -> None:
     assert lines[1].split() == [
         "TIME", "(UTC)", "RACK", "OUTCOME", "JOB", "ID", "PROVISION", "DURATION", "DETAIL",
     ]  # fmt: skip
-    assert [line.split()[4] for line in lines[2:]] == [c.job_id for c in recorded[:2]]
+    rows = [line for line in lines[2:] if not line.startswith(" ")]  # under a row: its job, log
+    assert [line.split()[4] for line in rows] == [c.job_id for c in recorded[:2]]
     assert all(
-        re.search(r" r1 +failed +\S+ +1 +[\d.]+s +provisioning exited 1", line)
-        for line in lines[2:]
+        re.search(r" r1 +failed +\S+ +1 +[\d.]+s +provisioning exited 1", line) for line in rows
     )
+
+
+async def test_history_shows_each_jobs_link_and_the_end_of_its_provision_log(
+    setup: Setup,
+) -> None:
+    """Under a failed check: its job's page and its log's last lines; --log and --json, all of it."""
+    await setup.cycle(["r1"])
+    with Store.open_readonly(setup.state_file) as store:
+        [check] = store.history("r1-m2")
+    assert check.provision_log is not None
+    logged = check.provision_log.splitlines()
+    assert len(logged) > 3
+    url = f"{setup.urls.testflinger}jobs/{check.job_id}"
+
+    history = ("history", "r1-m2", "--config", str(setup.config))
+    text, whole, done = await asyncio.gather(
+        rackwatch(*history), rackwatch(*history, "--log"), rackwatch(*history, "--json")
+    )
+    assert text.code == whole.code == done.code == 0, text.err + whole.err + done.err
+    assert text.out.splitlines()[3:] == [
+        f"    job: {url}",
+        f"    log: … {len(logged) - 3} earlier lines (history --log shows them)",
+        *(f"         {line}" for line in logged[-3:]),
+    ]
+    assert "ERROR: MAAS deployment of r1-m2 failed" in text.out.splitlines()[-2]
+    assert whole.out.splitlines()[3:] == [
+        f"    job: {url}",
+        f"    log: {logged[0]}",
+        *(f"         {line}" for line in logged[1:]),
+    ]
+    [entry] = json.loads(done.out)["checks"]
+    assert (entry["provision_log"], entry["url"]) == (check.provision_log, url)
+
+
+async def test_history_links_under_web_url_and_never_shows_a_password(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """With web_url set, links go under it; a URL's user:password@ is left out of every link."""
+    await setup.cycle(["r1"])
+    with Store.open_readonly(setup.state_file) as store:
+        [check] = store.history("r1-m1")
+    web = write_config(
+        tmp_path / "web.toml",
+        setup.lab,
+        setup.urls,
+        setup.state_file,
+        testflinger='web_url = "https://ui.example.com/testflinger"',
+    )
+    # Only url and web_url are read: no login, no secret, and no request to Testflinger.
+    userinfo = tmp_path / "userinfo.toml"
+    userinfo.write_text(
+        f'state_file = "{setup.state_file}"\n[testflinger]\n'
+        'url = "https://ci-bot:hunter2@testflinger.example.com:8443/"\nclient_id = "ci-bot"\n'
+    )
+    under_web, bare, bare_text = await asyncio.gather(
+        rackwatch("history", "r1-m1", "--json", "--config", str(web)),
+        rackwatch("history", "r1-m1", "--json", "--config", str(userinfo)),
+        rackwatch("history", "r1-m1", "--config", str(userinfo)),
+    )
+    assert under_web.code == bare.code == bare_text.code == 0, under_web.err + bare.err
+    assert json.loads(under_web.out)["checks"][0]["url"] == (
+        f"https://ui.example.com/testflinger/jobs/{check.job_id}"
+    )
+    link = f"https://testflinger.example.com:8443/jobs/{check.job_id}"
+    assert json.loads(bare.out)["checks"][0]["url"] == link
+    assert f"    job: {link}" in bare_text.out.splitlines()
+    assert "hunter2" not in bare.out + bare_text.out
+
+
+async def test_status_reads_attention_for_a_rack_with_a_stale_agent(tmp_path: Path) -> None:
+    """An ok rack with a stale agent reads attention; the summary counts skips by kind."""
+    b = Behaviour
+    r1 = SimRack(
+        "r1",
+        [
+            SimMachine("r1-m1", b.PASS),
+            SimMachine("r1-m2", b.STALE),
+            SimMachine("r1-m3", b.MAINTENANCE),
+            SimMachine("r1-m4", b.FAIL_STREAK),
+        ],
+    )
+    async with served(tmp_path, r1, SimRack("r2", [SimMachine("r2-m1", b.PASS)])) as setup:
+        await setup.cycle()
+        done, data = await asyncio.gather(setup.status(), setup.status_json())
+    assert done.code == 0, done.err
+    assert re.search(r"^r1: last cycle .*: attention; next check in", done.out, re.M), done.out
+    assert re.search(r"^r2: last cycle .*: ok; next check in", done.out, re.M), done.out
+    assert done.out.strip().splitlines()[-2] == (
+        "2 racks, 5 agents by their last outcome: 2 passed, 0 failed or timed out, 0 errors,"
+        " 2 not checkable (stale, quarantined, no queue), 1 set offline by an admin;"
+        " 0 jobs in flight"
+    )
+    statuses = {rack["rack"]: rack["last_cycle"]["status"] for rack in data["racks"]}
+    assert statuses == {"r1": "attention", "r2": "ok"}
 
 
 async def test_history_of_an_unknown_agent_exits_1(setup: Setup) -> None:

@@ -95,16 +95,19 @@ class TestflingerClient:
         return JobDefinition(job_id=job_id, queue=data["job_queue"], tags=tuple(tags))
 
     async def result(self, job_id: str) -> JobResult | None:
-        """The job's state and phase statuses, or None when the server has no such job."""
+        """The job's state, phase statuses and provision output, or None when the server has
+        no such job. A provision_output that is not text counts as none."""
         reply = await self._call("GET", f"v1/result/{job_id}", expect=(200, 204))
         if reply.status == 204:
             return None
         data = _record(reply, "job_state")
+        output = data.get("provision_output")
         return JobResult(
             job_id=job_id,
             state=data["job_state"],
             provision_status=_int_or_none(data.get("provision_status")),
             setup_status=_int_or_none(data.get("setup_status")),
+            provision_output=output if isinstance(output, str) else None,
         )
 
     async def cancel(self, job_id: str) -> bool:

@@ -1,7 +1,9 @@
 """A cycle's results as `run-once` and `demo` show them: a table per rack and a summary line,
 the same as JSON, the terminal's progress line, and what each outcome means.
 
-May import: `check` (for its report types), `model`, `policy` and `render.table`.
+A rack reads "attention" where its cycle was "ok" but an agent is stale or quarantined
+(`health.rack_reading`). May import: `check` (for its report types), `config` (for the job
+links), `health`, `model`, `policy` and `render.table`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from datetime import timedelta
 from typing import Any
 
 from rackwatch.check import RackReport
+from rackwatch.config import job_url
+from rackwatch.health import rack_reading
 from rackwatch.jobs import Tally
 from rackwatch.model import Outcome
 from rackwatch.policy import format_age
-from rackwatch.render.table import duration, iso, rounded, table
+from rackwatch.render.table import duration, iso, rounded, skips, table, with_error_line
 
 COLUMNS = ("AGENT", "MACHINE", "OUTCOME", "JOB ID", "DURATION", "DETAIL")
 
@@ -35,15 +39,16 @@ OUTCOME_MEANINGS: Sequence[tuple[Outcome, str]] = (
 )
 
 
-def as_json(reports: Sequence[RackReport]) -> str:
-    return json.dumps({"racks": [_rack_json(r) for r in reports]}, indent=2)
+def as_json(reports: Sequence[RackReport], *, web_base: str | None = None) -> str:
+    """The racks as data; each check with a job links to it under `web_base` (its `url`)."""
+    return json.dumps({"racks": [_rack_json(r, web_base) for r in reports]}, indent=2)
 
 
-def _rack_json(report: RackReport) -> dict[str, Any]:
+def _rack_json(report: RackReport, web_base: str | None) -> dict[str, Any]:
     cycle = report.cycle
     return {
         "rack": cycle.rack,
-        "status": cycle.status,
+        "status": _status(report),
         "error": cycle.error,
         "started_at": iso(cycle.started_at),
         "finished_at": iso(cycle.finished_at),
@@ -56,6 +61,8 @@ def _rack_json(report: RackReport) -> dict[str, Any]:
                 "provision_status": check.provision_status,
                 "detail": check.detail,
                 "duration_s": rounded(check.duration_s) if check.job_id else None,
+                "provision_log": check.provision_log,
+                "url": job_url(web_base, check.job_id),
             }
             for check in sorted(report.checks, key=lambda c: c.agent)
         ],
@@ -71,7 +78,7 @@ def as_text(reports: Sequence[RackReport]) -> str:
 def _rack_text(report: RackReport) -> str:
     cycle = report.cycle
     took = cycle.finished_at - cycle.started_at if cycle.finished_at else None
-    header = f"{cycle.rack}: {cycle.status or 'unfinished'}"
+    header = f"{cycle.rack}: {_status(report) or 'unfinished'}"
     if took is not None:
         header += f" in {format_age(took)}"
     if cycle.error:
@@ -83,7 +90,7 @@ def _rack_text(report: RackReport) -> str:
             str(check.outcome) if check.outcome else "unfinished",
             check.job_id or "",
             duration(check.duration_s) if check.job_id else "",
-            check.detail,
+            with_error_line(check.detail, check.provision_log),
         )
         for check in sorted(report.checks, key=lambda c: c.agent)
     ]
@@ -92,17 +99,21 @@ def _rack_text(report: RackReport) -> str:
     return header + "\n" + table(COLUMNS, rows, indent="  ")
 
 
+def _status(report: RackReport) -> str | None:
+    return rack_reading(report.cycle.status, [c.outcome for c in report.checks if c.outcome])
+
+
 def summary(reports: Sequence[RackReport]) -> str:
-    counts = Counter(str(c.outcome) for r in reports for c in r.checks if c.outcome)
-    skipped = sum(n for outcome, n in counts.items() if Outcome(outcome).is_skip)
+    ended = [(c.outcome, c.detail) for r in reports for c in r.checks if c.outcome]
+    counts = Counter(outcome for outcome, _ in ended)
     errors = sum(r.cycle.status == "error" for r in reports)
     parts = [
-        f"{sum(counts.values())} agents",
+        f"{len(ended)} agents",
         f"{counts[Outcome.PASSED]} passed",
         f"{counts[Outcome.FAILED]} failed",
         f"{counts[Outcome.TIMED_OUT]} timed out",
         f"{counts[Outcome.ERROR]} errors",
-        f"{skipped} not checked",
+        *skips(ended),
     ]
     racks = f"{len(reports)} rack" + ("s" if len(reports) != 1 else "")
     if errors:

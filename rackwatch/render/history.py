@@ -1,6 +1,7 @@
 """`rackwatch history`: one agent's checks, newest first, as a table or as JSON.
 
-May import: `store` (for its record types) and `render.table`.
+May import: `config` (for the job links), `model`, `store` (for its record types),
+`render.silence` and `render.table`.
 """
 
 from __future__ import annotations
@@ -8,14 +9,32 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from rackwatch.config import job_url
+from rackwatch.model import Silence
+from rackwatch.render.silence import silence_json, silence_text
 from rackwatch.render.table import duration, iso, plural, rounded, table, utc
 from rackwatch.store import CheckRecord
 
 HISTORY_COLUMNS = ("TIME (UTC)", "RACK", "OUTCOME", "JOB ID", "PROVISION", "DURATION", "DETAIL")
+# The last lines of a check's provision log shown under its row; --log shows them all.
+LOG_LINES = 3
+_UNDER = "    "  # the indent of what is shown under a check's row
 
 
-def history_text(agent: str, checks: Sequence[CheckRecord]) -> str:
-    """A header line, then one row per check in the order given (newest first)."""
+def history_text(
+    agent: str,
+    checks: Sequence[CheckRecord],
+    *,
+    web_base: str | None = None,
+    full_log: bool = False,
+    silence: Silence | None = None,
+) -> str:
+    """A header line, the `silence` that covers the agent if any, then one row per check in the
+    order given (newest first).
+
+    Under each row, indented: its job's page under `web_base`, and the last LOG_LINES lines of
+    its provision log (all of them with `full_log`).
+    """
     rows = [
         (
             utc(check.created_at),
@@ -29,14 +48,45 @@ def history_text(agent: str, checks: Sequence[CheckRecord]) -> str:
         for check in checks
     ]
     header = f"{agent}: the latest {plural(len(checks), 'check')}, newest first"
-    return header + "\n" + table(HISTORY_COLUMNS, rows)
+    columns, *lines = table(HISTORY_COLUMNS, rows).splitlines()
+    shown = [header]
+    if silence is not None:
+        shown.append(silence_text(silence) + (f" (rack {silence.rack})" if silence.rack else ""))
+    shown.append(columns)
+    for check, line in zip(checks, lines, strict=True):
+        shown.append(line)
+        shown.extend(_under(check, web_base, full_log))
+    return "\n".join(shown)
 
 
-def history_json(agent: str, checks: Sequence[CheckRecord]) -> str:
-    """{"agent": ..., "checks": [...]}, newest first; times are UTC ISO 8601."""
+def _under(check: CheckRecord, web_base: str | None, full_log: bool) -> list[str]:
+    """The lines shown under a check's row: "job: <url>", then "log: " and its lines."""
+    lines = []
+    if url := job_url(web_base, check.job_id):
+        lines.append(f"{_UNDER}job: {url}")
+    logged = check.provision_log.splitlines() if check.provision_log else []
+    kept = logged if full_log else logged[-LOG_LINES:]
+    if len(kept) < len(logged):
+        earlier = plural(len(logged) - len(kept), "earlier line")
+        kept = [f"… {earlier} (history --log shows them)", *kept]
+    lead = f"{_UNDER}log: "
+    lines += [(lead if i == 0 else " " * len(lead)) + text for i, text in enumerate(kept)]
+    return lines
+
+
+def history_json(
+    agent: str,
+    checks: Sequence[CheckRecord],
+    *,
+    web_base: str | None = None,
+    silence: Silence | None = None,
+) -> str:
+    """{"agent": ..., "silence": ..., "checks": [...]}, newest first; times are UTC ISO 8601. A
+    check with a job has its page under `web_base` as `url`."""
     return json.dumps(
         {
             "agent": agent,
+            "silence": silence_json(silence),
             "checks": [
                 {
                     "rack": check.rack,
@@ -51,6 +101,8 @@ def history_json(agent: str, checks: Sequence[CheckRecord]) -> str:
                     "finished_at": iso(check.finished_at),
                     "duration_s": rounded(check.duration_s) if check.job_id else None,
                     "late_result": check.late_result,
+                    "provision_log": check.provision_log,
+                    "url": job_url(web_base, check.job_id),
                 }
                 for check in checks
             ],

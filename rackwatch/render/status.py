@@ -1,7 +1,10 @@
 """`rackwatch status` as text and JSON: a header, a table and drift per rack, then a summary.
 
+A silenced rack has a line under its header, and each agent silenced on its own a line under
+the table ("r1-m2: silenced until 2026-12-08 20:31 UTC by alice: reflashing the BMC").
+
 May import: `health` (to apply the slowdown rule it prints), `model`, `policy`, `status` (the
-read-model it renders), `store` (for its record types) and `render.table`.
+read-model it renders), `store` (for its record types), `render.silence` and `render.table`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,17 @@ from typing import Any
 from rackwatch import health
 from rackwatch.model import Health, Outcome
 from rackwatch.policy import format_age
-from rackwatch.render.table import ago, duration, iso, plural, rounded, table
+from rackwatch.render.silence import silence_json, silence_text
+from rackwatch.render.table import (
+    ago,
+    duration,
+    iso,
+    plural,
+    rounded,
+    skips,
+    table,
+    with_error_line,
+)
 from rackwatch.status import RackStatus
 from rackwatch.store import AgentState, CheckRecord, CycleRecord
 
@@ -57,14 +70,24 @@ def unhealthy_text(racks: Sequence[RackStatus], now: datetime) -> str:
 
 def _rack_text(status: RackStatus, now: datetime, none: str = "  no agents recorded") -> str:
     cycle = status.last_cycle
-    lines = [f"{status.rack}: {_cycle_text(cycle, now)}; {_next_text(status.next_check, now)}"]
+    lines = [
+        f"{status.rack}: {_cycle_text(cycle, status.reading, now)};"
+        f" {_next_text(status.next_check, now)}"
+    ]
     if cycle is not None and cycle.error:
         lines.append(f"  {cycle.error}")
     if status.incident is not None:
         opened = format_age(now - status.incident.opened_at)
         lines.append(f"  ⚠ rack incident for {opened}: {status.incident.reason}")
+    if status.silence is not None:
+        lines.append(f"  rack {silence_text(status.silence)}")
     rows = [_agent_row(status, state, now) for state in status.agents]
     lines.append(table(STATUS_COLUMNS, rows, indent="  ") if rows else none)
+    lines.extend(
+        f"  {state.agent}: {silence_text(silence)}"
+        for state in status.agents
+        if (silence := status.silenced.get(state.agent)) is not None and silence.agent is not None
+    )
     lines.extend(_drift_lines(status, now))
     return "\n".join(lines)
 
@@ -73,13 +96,16 @@ def _agent_row(status: RackStatus, state: AgentState, now: datetime) -> tuple[st
     known = status.health_of(state.agent)
     trend = status.trends.get(state.agent)
     if known.state is Health.UNHEALTHY:
-        # Why it became unhealthy, and the job whose log says more.
-        detail = known.reason + (f" (job {known.job_id})" if known.job_id else "")
+        # Why it became unhealthy, its log's error line, and the job whose log says more.
+        detail = with_error_line(known.reason, status.health_logs.get(state.agent))
+        detail += f" (job {known.job_id})" if known.job_id else ""
     else:
-        detail = state.last.detail if state.last else ""
+        detail = with_error_line(state.last.detail, state.last.provision_log) if state.last else ""
     return (
         state.agent,
-        str(known.state) + (f" {format_age(now - known.since)}" if known.since else ""),
+        str(known.state)
+        + (f" {format_age(now - known.since)}" if known.since else "")
+        + (" (silenced)" if _silenced_alone(status, state) else ""),
         str(state.last.outcome) if state.last else "-",
         ago(_checked_at(state.last), now) if state.last else "-",
         str(state.consecutive_failures),
@@ -123,14 +149,15 @@ def _agent_health_text(status: RackStatus, state: AgentState) -> str:
     return f"agent {status.health_of(state.agent).state}"
 
 
-def _cycle_text(cycle: CycleRecord | None, now: datetime) -> str:
+def _cycle_text(cycle: CycleRecord | None, reading: str | None, now: datetime) -> str:
+    """The last cycle, ending with `reading`, its status as shown."""
     if cycle is None:
         return "never checked"
     started = f"last cycle started {ago(cycle.started_at, now)}"
     if cycle.finished_at is None:
         return f"{started}, still running"
     took = duration((cycle.finished_at - cycle.started_at).total_seconds())
-    return f"{started}, ended after {took}: {cycle.status}"
+    return f"{started}, ended after {took}: {reading}"
 
 
 def _next_text(next_check: datetime | None, now: datetime) -> str:
@@ -145,14 +172,18 @@ def status_summary(racks: Sequence[RackStatus]) -> str:
     """Two lines: how many agents stand where and how many jobs are in flight; then their health
     and the open rack incidents."""
     agents = [state for rack in racks for state in rack.agents]
-    counts = Counter(state.last.outcome for state in agents if state.last and state.last.outcome)
-    skipped = sum(n for outcome, n in counts.items() if outcome.is_skip)
+    latest = [
+        (state.last.outcome, state.last.detail)
+        for state in agents
+        if state.last and state.last.outcome
+    ]
+    counts = Counter(outcome for outcome, _ in latest)
     in_flight = sum(state.in_flight is not None for state in agents)
     parts = [
         f"{counts[Outcome.PASSED]} passed",
         f"{counts[Outcome.FAILED] + counts[Outcome.TIMED_OUT]} failed or timed out",
         plural(counts[Outcome.ERROR], "error"),
-        f"{skipped} not checked",
+        *skips(latest),
     ]
     states = Counter(rack.health_of(state.agent).state for rack in racks for state in rack.agents)
     incidents = sum(rack.incident is not None for rack in racks)
@@ -183,7 +214,7 @@ def _rack_json(status: RackStatus) -> dict[str, Any]:
             else {
                 "started_at": iso(cycle.started_at),
                 "finished_at": iso(cycle.finished_at),
-                "status": cycle.status if cycle.finished_at else "running",
+                "status": status.reading if cycle.finished_at else "running",
                 "error": cycle.error,
                 "duration_s": (
                     rounded((cycle.finished_at - cycle.started_at).total_seconds())
@@ -236,7 +267,14 @@ def _agent_json(status: RackStatus, state: AgentState) -> dict[str, Any]:
         "job_in_flight": state.in_flight.job_id if state.in_flight else None,
         "maas_status": trend.maas_status if trend else None,
         "detail": state.last.detail if state.last else None,
+        "silence": silence_json(status.silenced.get(state.agent)),
     }
+
+
+def _silenced_alone(status: RackStatus, state: AgentState) -> bool:
+    """Whether the agent has a silence of its own (a rack's shows under the rack's header)."""
+    silence = status.silenced.get(state.agent)
+    return silence is not None and silence.agent is not None
 
 
 def _checked_at(check: CheckRecord) -> datetime:

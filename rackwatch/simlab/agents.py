@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -308,11 +309,7 @@ class AgentFleet:
             same = agent.streak_type == kind and agent.streak_count is not None
             agent.streak_count = agent.streak_count + 1 if same and agent.streak_count else 1
             agent.streak_type = kind
-            job.provision_output = (
-                f"*** TESTFLINGER SYSTEM RUN [provision] ***\n"
-                f"Provisioning {agent.hostname} through MAAS\n"
-                + ("Provisioning complete\n" if code == 0 else f"Provisioning failed ({code})\n")
-            )
+            job.provision_output = connector_log(agent.hostname, job, code, time.time())
             if code == 46:
                 agent.deferred_state = (
                     "offline",
@@ -336,3 +333,46 @@ class AgentFleet:
         else:
             self._rest(agent)
         self._look_for_work(agent)
+
+
+def connector_log(hostname: str, job: SimJob, code: int, ended: float) -> str:
+    """The provision output of the MAAS device connector, as an agent posts it: the phase's
+    banner, then timestamped lines up to `ended` (a time.time() value). A failure ends with the
+    error that says why (exit 1: the deployment failed; 46: so did the device's recovery), and
+    then the connector's cleanup line."""
+
+    def at(seconds_before: float) -> str:
+        return datetime.fromtimestamp(ended - seconds_before, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    distro = (job.body.get("provision_data") or {}).get("distro", "noble")
+    lines = [
+        "*** TESTFLINGER SYSTEM RUN [provision] ***",
+        "",
+        f"{at(9)} INFO: BEGIN provision",
+        f"{at(9)} INFO: Provisioning device",
+        f"{at(8)} INFO: Releasing node {hostname}",
+        f"{at(7)} INFO: Acquiring node {hostname}",
+        f"{at(6)} INFO: Starting node {hostname} with distro {distro}",
+        f"{at(4)} INFO: {hostname}: Deploying",
+    ]
+    deploy_failed = (
+        f'{at(2)} ERROR: MAAS deployment of {hostname} failed: status "Failed deployment"'
+        " (curtin: grub-install failed)"
+    )
+    if code == 0:
+        lines += [f"{at(1)} INFO: {hostname}: Deployed", f"{at(0)} INFO: END provision"]
+    elif code == 46:
+        lines += [
+            deploy_failed,
+            f"{at(2)} INFO: Recovering {hostname}: power cycle through its BMC",
+            f"{at(1)} ERROR: Device recovery failed: {hostname} did not come back after a power"
+            " cycle (BMC: Connection timed out)",
+            f"{at(0)} INFO: Cleaning up: releasing node {hostname}",
+        ]
+    else:
+        lines += [
+            f"{at(3)} INFO: {hostname}: curtin: installing grub to /dev/sda",
+            deploy_failed,
+            f"{at(0)} INFO: Cleaning up: releasing node {hostname}",
+        ]
+    return "\n".join(lines) + "\n"

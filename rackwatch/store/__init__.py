@@ -16,7 +16,8 @@ queries of one concern, and `Store` inherits them all, so they share its one con
 - `cycles`: the job ledger, cycles and their checks;
 - `health`: health, transitions, incidents, facts and inventory;
 - `outbox`: the alerts outbox and the counters;
-- `views`: the status and trend read-models.
+- `views`: the status and trend read-models;
+- `silences`: the agents and racks silenced, and until when.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from rackwatch.store.records import (
     IncidentRecord,
     OutcomeCount,
 )
+from rackwatch.store.silences import Silenced, Silences
 from rackwatch.store.views import Views
 
 __all__ = [
@@ -45,9 +47,10 @@ __all__ = [
     "AlertRecord",
     "OutcomeCount",
     "AgentTrend",
+    "Silenced",
     "MIGRATIONS",
 ]
 
 
-class Store(Cycles, HealthRecords, Outbox, Views):
+class Store(Cycles, HealthRecords, Outbox, Views, Silences):
     """The state file, opened once. Also a context manager that closes it."""

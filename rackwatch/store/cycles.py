@@ -27,10 +27,13 @@ class Cycles(Database):
 
     # cycles
 
-    def start_cycle(self, rack: str, started_at: datetime) -> int:
+    def start_cycle(
+        self, rack: str, started_at: datetime, *, agents: Collection[str] | None = None
+    ) -> int:
         """Start a cycle of `rack`, taking over the unfinished jobs of its earlier cycles.
 
         An earlier cycle of the rack still marked running was cut short: it ends "interrupted".
+        With `agents`, a partial cycle of those agents only, which takes over only their jobs.
         """
         at = as_text(started_at)
         with self._transaction() as conn:
@@ -40,11 +43,15 @@ class Cycles(Database):
                 (at, rack),
             )
             cycle_id = _lastrowid(
-                conn.execute("INSERT INTO cycles (rack, started_at) VALUES (?, ?)", (rack, at))
+                conn.execute(
+                    "INSERT INTO cycles (rack, started_at, partial) VALUES (?, ?, ?)",
+                    (rack, at, int(agents is not None)),
+                )
             )
             conn.execute(
-                "UPDATE checks SET cycle_id = ? WHERE rack = ? AND outcome IS NULL",
-                (cycle_id, rack),
+                "UPDATE checks SET cycle_id = ? WHERE rack = ? AND outcome IS NULL"
+                " AND (?3 IS NULL OR agent IN (SELECT value FROM json_each(?3)))",
+                (cycle_id, rack, None if agents is None else json.dumps(sorted(agents))),
             )
         return cycle_id
 
@@ -66,14 +73,21 @@ class Cycles(Database):
         return cycle_from(rows[0])
 
     def last_cycle(
-        self, rack: str, *, before: CycleRecord | None = None, statuses: Collection[str] = ()
+        self,
+        rack: str,
+        *,
+        before: CycleRecord | None = None,
+        statuses: Collection[str] = (),
+        partial: bool = False,
     ) -> CycleRecord | None:
-        """The rack's most recent cycle.
+        """The rack's most recent cycle of the whole rack (also a partial one with `partial`).
 
         With `before`, only cycles older than that one; with `statuses`, only cycles that ended
         with one of them ("ok", "failures", "error", "interrupted").
         """
         sql = "SELECT * FROM cycles WHERE rack = ?"
+        if not partial:
+            sql += " AND partial = 0"
         params: list[Any] = [rack]
         if before is not None:
             sql += " AND id < ?"
@@ -166,17 +180,27 @@ class Cycles(Database):
         at: datetime,
         detail: str = "",
         provision_status: int | None = None,
+        provision_log: str | None = None,
         lingering: bool = False,
     ) -> None:
         """Give an unfinished check its outcome. A check that already has one is never changed.
 
-        `lingering`: its job may run on at Testflinger (see `lingering()`).
+        `provision_log`: the end of its job's provision output. `lingering`: its job may run on
+        at Testflinger (see `lingering()`).
         """
         self._update(
             f"unfinished check {check_id}",
             "UPDATE checks SET outcome = ?, finished_at = ?, detail = ?, provision_status = ?,"
-            " lingering = ? WHERE id = ? AND outcome IS NULL",
-            (str(outcome), as_text(at), detail, provision_status, int(lingering), check_id),
+            " provision_log = ?, lingering = ? WHERE id = ? AND outcome IS NULL",
+            (
+                str(outcome),
+                as_text(at),
+                detail,
+                provision_status,
+                provision_log,
+                int(lingering),
+                check_id,
+            ),
         )
 
     def lingering(self, rack: str) -> list[CheckRecord]:

@@ -6,7 +6,7 @@ library, `rackwatch.model` and the store's own modules.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,8 @@ class HealthRecords(Database):
     def facts(self, agent: str, limit: int) -> list[tuple[int, Fact]]:
         """The agent's latest finished checks, newest first, as health sees them, by cycle id."""
         rows = self._select(
-            "SELECT c.cycle_id, c.outcome, c.detail, c.job_id, c.finished_at, y.incident_id"
+            "SELECT c.cycle_id, c.outcome, c.detail, c.job_id, c.finished_at, c.provision_log,"
+            " y.incident_id"
             " FROM checks c JOIN cycles y ON y.id = c.cycle_id"
             " WHERE c.agent = ? AND c.outcome IS NOT NULL ORDER BY c.created_at DESC LIMIT ?",
             (agent, limit),
@@ -35,6 +36,7 @@ class HealthRecords(Database):
                     job_id=row["job_id"],
                     at=datetime.fromisoformat(row["finished_at"]),
                     in_incident=row["incident_id"] is not None,
+                    provision_log=row["provision_log"],
                 ),
             )
             for row in rows
@@ -86,10 +88,19 @@ class HealthRecords(Database):
         incident_closed: bool,
         alert: dict[str, Any] | None,
         at: datetime,
+        settled_silences: Collection[int] = (),
     ) -> None:
-        """Everything a cycle changed about health, in one transaction: never half, never twice."""
+        """Everything a cycle changed about health, in one transaction: never half, never twice.
+
+        `settled_silences` are the ended silences whose end the cycle's alert deals with.
+        """
         at_text = as_text(at)
         with self._transaction() as conn:
+            if settled_silences:
+                conn.execute(
+                    "UPDATE silences SET settled = 1 WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(sorted(settled_silences)),),
+                )
             if incident_opened is not None:
                 cursor = conn.execute(
                     "INSERT INTO incidents (rack, opened_at, reason) VALUES (?, ?, ?)",

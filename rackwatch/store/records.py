@@ -37,6 +37,8 @@ class CheckRecord:
     finished_at: datetime | None
     # What became of its job after the check ended (a timed-out job that ran on), once seen.
     late_result: str | None = None
+    # The end of its job's provision output that says something, for a failed or timed-out job.
+    provision_log: str | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -56,6 +58,7 @@ class CycleRecord:
     finished_at: datetime | None
     status: str | None
     error: str | None
+    partial: bool = False  # of a few named agents only (run-once --agent), not the whole rack
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,4 +152,6 @@ def _read(column: str, stored: Any) -> Any:
         return None if stored is None else Outcome(stored)
     if column == "body":
         return json.loads(stored)
+    if column == "partial":
+        return bool(stored)
     return stored

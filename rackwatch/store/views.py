@@ -25,7 +25,7 @@ WITH recent AS (
     SELECT id FROM cycles
     WHERE rack = :rack AND started_at >= coalesce(
         (SELECT started_at FROM cycles
-         WHERE rack = :rack AND status IN ('ok', 'failures')
+         WHERE rack = :rack AND status IN ('ok', 'failures') AND partial = 0
          ORDER BY started_at DESC LIMIT 1),
         '')
 ),
