@@ -10,6 +10,9 @@ jobs are active (one search by the tag every rackwatch job carries), and no job 
 that holds one, whichever state file made it. A job's own life (submitted at most once, tracked,
 followed up) is in `jobs`.
 
+A machine that MAAS lists in two racks gets one job: the first rack to decide on it checks it,
+and the other reports it `busy`, naming that rack.
+
 The decisions themselves are in `policy`; this module only carries them out.
 """
 
@@ -25,7 +28,7 @@ import structlog
 
 from rackwatch import ledger, policy
 from rackwatch.config import Settings
-from rackwatch.errors import UpstreamError
+from rackwatch.errors import StoreError, UpstreamError
 from rackwatch.jobs import JOB_TAG, Job, Jobs, Tally, Testflinger, gather_or_cancel
 from rackwatch.model import (
     Agent,
@@ -186,7 +189,10 @@ class Checker:
         except UpstreamError as exc:
             self._jobs.upstream_failed(exc)
             survey = exc
-        return await gather_or_cancel(self._rack(rack, cycles[rack], survey) for rack in racks)
+        claims: dict[str, str] = {}  # agent -> the rack whose cycle exercises it in this run
+        return await gather_or_cancel(
+            self._rack(rack, cycles[rack], survey, claims) for rack in racks
+        )
 
     async def _survey(self) -> tuple[list[Agent], policy.HeldJobs]:
         """Every agent, and the rackwatch jobs Testflinger holds: one listing, one search."""
@@ -201,10 +207,12 @@ class Checker:
         rack: str,
         cycle_id: int,
         survey: tuple[list[Agent], policy.HeldJobs] | UpstreamError,
+        claims: dict[str, str],
     ) -> RackReport:
+        """One rack's cycle; an agent that `claims` gives to another rack of the run is busy."""
         started = self._clock()
         resumed = [c for c in self._store.unfinished(rack) if self._is_wanted(c.agent)]
-        in_flight = {check.agent for check in self._store.unfinished()}
+        in_flight = {check.agent: check for check in self._store.unfinished()}
         log.info("cycle.started", rack=rack, cycle_id=cycle_id, resumed=len(resumed))
         work = [self._guard(self._jobs.resume(c), cycle_id, rack, c.agent) for c in resumed]
         resuming = {check.agent for check in resumed}
@@ -238,13 +246,12 @@ class Checker:
             for decision in decisions:
                 if decision.name in resuming or not self._is_wanted(decision.name):
                     continue
-                if decision.name in in_flight:
-                    decision = policy.Decision(
-                        decision.machine,
-                        decision.agent,
-                        Outcome.BUSY,
-                        detail="a rackwatch job of another rack's cycle is in flight",
-                    )
+                if (check := in_flight.get(decision.name)) is not None:
+                    decision = _busy_elsewhere(decision, check.rack, check.job_id)
+                elif decision.outcome is None:
+                    claimed = claims.setdefault(decision.name, rack)
+                    if claimed != rack:
+                        decision = _busy_elsewhere(decision, claimed)
                 if decision.outcome is not None:
                     self._record(cycle_id, rack, decision)
                 else:
@@ -344,6 +351,11 @@ class Checker:
             decision = policy.recheck(
                 decision, fresh, held=held, now=self._clock(), limits=self._plan.limits
             )
+            if decision.outcome is Outcome.BUSY and fresh is not None and fresh.job_id:
+                # Busy with a job that another rack's cycle (listing the machine) began since.
+                other = self._store.checks_of_jobs([fresh.job_id]).get(fresh.job_id)
+                if other is not None and other.rack != rack:
+                    decision = _busy_elsewhere(decision, other.rack, other.job_id)
         if decision.outcome is None and self._plan.dry_run:
             detail = f"a job would go to queue {decision.queue}"
             decision = replace(decision, outcome=Outcome.READY, detail=detail)
@@ -353,14 +365,35 @@ class Checker:
 
         assert decision.queue is not None
         job_id = str(uuid.uuid4())
-        check_id = self._store.begin_job(
-            cycle_id,
-            rack=rack,
-            agent=decision.name,
-            machine=decision.machine.hostname,
-            queue=decision.queue,
-            job_id=job_id,
-            at=self._clock(),
-            maas_status=decision.machine.status,
-        )
+        try:
+            check_id = self._store.begin_job(
+                cycle_id,
+                rack=rack,
+                agent=decision.name,
+                machine=decision.machine.hostname,
+                queue=decision.queue,
+                job_id=job_id,
+                at=self._clock(),
+                maas_status=decision.machine.status,
+            )
+        except StoreError:
+            # The state file keeps one unfinished job per agent: the cycle of another rack that
+            # lists the machine (in another process, say) began one since this cycle looked.
+            other = next((c for c in self._store.unfinished() if c.agent == decision.name), None)
+            if other is None:
+                raise
+            self._record(cycle_id, rack, _busy_elsewhere(decision, other.rack, other.job_id))
+            return
         await self._jobs.submit(Job(check_id, rack, decision.name, job_id, decision.queue))
+
+
+def _busy_elsewhere(
+    decision: policy.Decision, rack: str, job_id: str | None = None
+) -> policy.Decision:
+    """The decision for an agent that the cycle of another `rack` listing it checks.
+
+    With `job_id`, that cycle's job on it, which the state file records as unfinished.
+    """
+    doing = f"has rackwatch job {job_id} in flight" if job_id else "checks it in this run"
+    detail = f"in rack {rack} too, whose cycle {doing}"
+    return replace(decision, outcome=Outcome.BUSY, queue=None, detail=detail)

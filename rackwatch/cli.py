@@ -1,9 +1,10 @@
 """The `rackwatch` command: runs the command parsed, prints what it found, and exits.
 
-Each handler calls the parts that do the work (`run_once`, `status`, `preflight`, the daemon),
-prints what `render` makes of the result and answers an `exits.ExitCode`; `main` maps the
-errors that end a command to theirs. This is the only module that prints, but for the
-terminal's progress line (`progress`). The parser is `cli_args`'s, the help `cli_help`'s.
+Each handler calls the parts that do the work (`run_once`, `status`, `preflight`, `demo`, the
+daemon), prints what `render` makes of the result and answers an `exits.ExitCode`; `main` maps
+the errors that end a command to theirs. This is the only module that prints, but for the
+terminal's progress line (`progress`) and the frames of status --watch (`terminal`). The parser
+is `cli_args`'s, the help `cli_help`'s.
 """
 
 from __future__ import annotations
@@ -13,29 +14,36 @@ import asyncio
 import getpass
 import os
 import sys
-import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 
 from rackwatch import alerts, logs, run_once, silences
-from rackwatch.check import RackReport
 from rackwatch.cli_args import build_parser
-from rackwatch.clients import RetryPolicy, check_rack_name, make_session
-from rackwatch.config import Settings, load_settings, load_state_settings, parse_duration
+from rackwatch.clients import check_rack_name, make_session
+from rackwatch.config import (
+    Settings,
+    StateSettings,
+    load_settings,
+    load_state_settings,
+    parse_duration,
+)
 from rackwatch.errors import ConfigError, RackHeldError, StoreError, UpstreamError, UsageError
 from rackwatch.exits import ExitCode, of_cycle
 from rackwatch.model import utc_now
 from rackwatch.preflight import try_services
 from rackwatch.progress import log_stream
 from rackwatch.render.cycle import as_json, as_text, explain_outcomes
+from rackwatch.render.demo import explore_text
 from rackwatch.render.history import history_json, history_text
 from rackwatch.render.silence import silenced_text, silences_json, silences_text, unsilenced_text
 from rackwatch.render.status import status_json, status_text, unhealthy_text
-from rackwatch.render.table import plural
+from rackwatch.render.table import Look, plural, utc
 from rackwatch.status import build_status, needing_a_person
 from rackwatch.store import Store
+from rackwatch.terminal import Screen, look_of
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,48 +129,36 @@ def cmd_run_once(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rackwatch.simlab import demo_lab
+    from rackwatch import demo  # it imports the simulated lab, which no other command needs
 
-    _configure_logs(args, default="error")  # the report says it all
-    lab = demo_lab(provision_seconds=3.0, pickup_seconds=0.3)
-    web_base: str | None = None  # the simulated Testflinger's, once it is served
+    _configure_logs(args, default="error")  # the story says it all
+    directory = demo.prepare(args.dir)
+    # With --json, stdout is the report alone; the story goes to stderr.
+    story_out = sys.stderr if args.json else sys.stdout
 
-    async def run(state_file: Path) -> list[RackReport]:
-        nonlocal web_base
-        async with lab.serve() as urls:
-            settings = Settings.from_mapping(
-                {
-                    "racks": lab.rack_names,
-                    "state_file": str(state_file),
-                    "maas": {"url": urls.maas, "api_key": lab.maas_api_key},
-                    "testflinger": {"url": urls.testflinger},
-                    "check": {"poll_interval": 0.5, "job_timeout": 10},
-                },
-                source="the demo",
-            )
-            web_base = settings.testflinger.web_base
-            return await run_once.check_racks(
-                settings, settings.racks, state_file, retry=RetryPolicy.DEMO
-            )
+    def tell(line: str) -> None:
+        print(line, file=story_out, flush=True)
 
-    print(
-        "rackwatch demo: a simulated lab of 3 racks on 127.0.0.1, checked with the same code as "
-        "run-once (about 15 s)…\n",
-        file=sys.stderr,
-    )
-    with tempfile.TemporaryDirectory() as scratch:
-        state_file = Path(scratch) / "demo.db"
-        try:
-            reports = asyncio.run(run(state_file))
-        except KeyboardInterrupt:
-            return _fail("demo interrupted", ExitCode.INTERRUPTED)
+    try:
+        story = asyncio.run(demo.tell(directory, tell))
+    except KeyboardInterrupt:
+        return _fail(
+            f"demo interrupted; what it recorded stays in {directory}", ExitCode.INTERRUPTED
+        )
     if args.json:
-        print(as_json(reports, web_base=web_base))
+        print(as_json(story.reports, web_base=story.web_base))
     else:
-        print(as_text(reports))
+        print()
+        print(as_text(story.reports))
         print()
         print(explain_outcomes())
-    return ExitCode.OK
+    explore = explore_text(
+        story.directory, story.config, story.history_agent, web="web" in HANDLERS
+    )
+    print(f"\n{explore}", file=story_out)
+    for step in story.missing:
+        _fail(f"demo: this step of the story did not happen: {step}", ExitCode.FAILURE)
+    return ExitCode.FAILURE if story.missing else ExitCode.OK
 
 
 def _configure_logs(
@@ -180,32 +176,63 @@ def _configure_logs(
 def cmd_status(args: argparse.Namespace) -> int:
     settings = load_state_settings(args.config)
     named: list[str] = [check_rack_name(rack) for rack in args.racks]
+    if args.watch is not None:
+        if args.json:
+            raise UsageError("--watch redraws the text; it does not go with --json")
+        return _watch_status(args, settings, named)
+    try:
+        text, code = _status_view(args, settings, named, look_of(sys.stdout, wide=args.wide))
+    except StoreError as exc:
+        return _fail(str(exc), ExitCode.NOINPUT)
+    print(text)
+    return code
+
+
+def _status_view(
+    args: argparse.Namespace, settings: StateSettings, named: list[str], look: Look
+) -> tuple[str, int]:
+    """What `status` prints, read from the state file now, and its exit code.
+
+    Raises StoreError when the state file cannot be read."""
     state_file = settings.state_file
     now = utc_now()
     if not state_file.exists():
         racks = build_status(None, settings.racks, settings.schedule, now, named=named)
         if not args.json:
-            print(f"no checks recorded yet: {state_file} does not exist")
-            return ExitCode.OK
-        print(status_json([] if args.unhealthy else racks))
-        return ExitCode.OK
-    try:
-        with Store.open_readonly(state_file) as store, store.reading():
-            racks = build_status(store, settings.racks, settings.schedule, now, named=named)
-    except StoreError as exc:
-        return _fail(str(exc), ExitCode.NOINPUT)
+            return f"no checks recorded yet: {state_file} does not exist", ExitCode.OK
+        return status_json([] if args.unhealthy else racks), ExitCode.OK
+    with Store.open_readonly(state_file) as store, store.reading():
+        racks = build_status(store, settings.racks, settings.schedule, now, named=named)
     if args.unhealthy:
         racks = needing_a_person(racks)
     if args.json:
-        print(status_json(racks))
+        text = status_json(racks)
     elif args.unhealthy:
-        print(unhealthy_text(racks, now))
+        text = unhealthy_text(racks, now, look)
     elif not racks:
-        print(f"no racks: none configured, and none recorded in {state_file}")
+        text = f"no racks: none configured, and none recorded in {state_file}"
     else:
-        print(status_text(racks, now))
+        text = status_text(racks, now, look)
     # With --unhealthy, what is listed needs a person: exit 1, for cron mail or a Nagios check.
-    return ExitCode.FAILURE if args.unhealthy and racks else ExitCode.OK
+    return text, ExitCode.FAILURE if args.unhealthy and racks else ExitCode.OK
+
+
+def _watch_status(args: argparse.Namespace, settings: StateSettings, named: list[str]) -> int:
+    """`status --watch`: the status, read afresh every `args.watch` seconds, until Ctrl-C."""
+    screen = Screen(sys.stdout)
+    try:
+        while True:
+            # Looked up for each frame: the terminal may have been resized meanwhile.
+            look = look_of(sys.stdout, wide=args.wide)
+            try:
+                text, _ = _status_view(args, settings, named, look)
+            except StoreError as exc:  # the next frame may read it; a watch goes on
+                text = f"rackwatch: {exc}"
+            head = f"rackwatch status, every {args.watch:g}s (Ctrl-C stops): {utc(utc_now())} UTC"
+            screen.show(f"{head}\n\n{text}")
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return ExitCode.OK
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from rackwatch import __version__, cli_help
 
-Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Commands: TypeAlias = "argparse._SubParsersAction[_CommandParser]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Try it with no setup at all: rackwatch demo",
     )
     parser.add_argument("--version", action="version", version=f"rackwatch {__version__}")
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        title="commands", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
     _add_check_commands(commands)
     _add_operator_commands(commands)
     _add_silence_commands(commands)
@@ -57,7 +60,14 @@ def _add_check_commands(commands: Commands) -> None:
     _log_options(run_once)
 
     demo = _command(commands, "demo")
-    demo.add_argument("--json", action="store_true", help="print the results as JSON")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        metavar="DIR",
+        help="keep its configuration and state file in DIR, a new or empty directory"
+        " (default: a new temporary directory, kept)",
+    )
+    demo.add_argument("--json", action="store_true", help="print the final report as JSON")
     _log_options(demo)
 
 
@@ -70,6 +80,19 @@ def _add_operator_commands(commands: Commands) -> None:
         "--unhealthy",
         action="store_true",
         help="list only what needs a person; exit 1 when anything does",
+    )
+    status.add_argument(
+        "--wide",
+        action="store_true",
+        help="on a terminal too, show every column and every cell whole, however wide",
+    )
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=5.0,
+        type=_seconds,
+        metavar="SECONDS",
+        help="redraw it in place every SECONDS (default: 5) until Ctrl-C; name racks before it",
     )
 
     history = _command(commands, "history")
@@ -131,8 +154,23 @@ def _add_silence_commands(commands: Commands) -> None:
 
 def _add_alerts_commands(commands: Commands) -> None:
     group = _command(commands, "alerts")
-    actions = group.add_subparsers(title="actions", required=True, metavar="ACTION")
+    actions = group.add_subparsers(
+        title="actions", required=True, metavar="ACTION", parser_class=_CommandParser
+    )
     _config_option(_command(actions, "alerts test"))
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of a command: an argument it does not know is a usage error of the command,
+    with the command's own usage line, rather than the top-level parser's."""
+
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def _command(commands: Commands, command: str) -> argparse.ArgumentParser:
@@ -175,4 +213,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a number of seconds: {text!r} (name racks before --watch)"
+        ) from None
+    if not 0.1 <= value <= 86400:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be from 0.1 to 86400 seconds: {text}")
     return value

@@ -61,6 +61,21 @@ failed, timed out or ended in error; 2 on a usage error; 69 when a rack could no
 cannot be created; 75 when another rackwatch is checking a rack; 78 on a configuration error;
 130 when interrupted (the jobs stay recorded for the next run)."""
 
+DEMO_HELP = """\
+Tell rackwatch's story on a simulated lab (MAAS and Testflinger on 127.0.0.1, three racks of
+eight machines), in five cycles run with the same code as run-once: machines pass; one fails
+twice and is announced unhealthy; a failed switch opens a rack incident, which the next cycle
+closes while the ill machine is announced recovered; MAAS marks a machine Broken, which is
+drift. It prints a line for each change as its cycle records it, then the last cycle's report
+(--json: as run-once --json prints it, with the story on stderr).
+
+Its configuration (rackwatch.toml) and state file (state.db) stay in DIR (default: a new
+temporary directory, named in the output), for status, history and silence --list to explore
+once the lab is gone: rackwatch status --config DIR/rackwatch.toml.
+
+Exits 0 when the story ran as designed; 1 when a step did not happen (a line names it); 2 when
+DIR is not a new or empty directory."""
+
 STATUS_HELP = """\
 Show where each agent and rack stands, read from the state file. Safe while the daemon runs:
 the file is opened read-only.
@@ -99,6 +114,21 @@ or "nothing needs a person". It exits 1 when it lists anything, so it can drive 
 or a Nagios check. While a silence lasts, it leaves out the agents it covers, and for a
 silenced rack the rack's incident too.
 
+On a terminal, status fits its width ($COLUMNS, else the terminal's own): DETAIL is cut first,
+then HEALTH and AGENT, "…" ending what is cut; when that is not enough, JOB IN FLIGHT,
+PROVISION, PASS RATE, LAST PASSED, WHEN and FAILURES are left out, in that order, and a line
+under the tables says so. Headings are never cut; other lines are wrapped. --wide shows every
+column and every cell whole. Piped or into a file, status is never narrowed, so that scripts
+read the same lines from any terminal. HEALTH and LAST OUTCOME are coloured on a terminal:
+healthy and passed green; unhealthy, failed and error red; excluded, timed_out, stale,
+quarantined, no_queue and no_agent yellow. No colour when piped, nor when NO_COLOR is set
+and not empty (https://no-color.org), nor for TERM=dumb. Control characters in what MAAS, an
+agent or an admin wrote show as escapes (\\x1b, \\n) in all text; --json keeps them exact.
+
+--watch [SECONDS] redraws the status in place every SECONDS (default: 5), reading the state
+file afresh each time, until Ctrl-C, which exits 0. Name racks before it: status r1 --watch.
+Piped, each frame follows the one before. It does not go with --json.
+
 --json prints {"racks": [{"rack", "last_cycle", "next_check", "incident", "drift",
 "agents"}]}: last_cycle is null or {"started_at", "finished_at", "status", "error",
 "duration_s"} (status "running" until it ends), next_check is null for a rack that is not
@@ -111,9 +141,9 @@ is {"agent", "machine", "health": {"state", "since", "reason", "job_id"}, "last_
 "reason", "rack"}, rack null for the agent's own silence and the rack's name for its rack's.
 With --unhealthy, only the racks and agents it lists. Times are UTC ISO 8601.
 
-Exits 0, also when no check is recorded yet; with --unhealthy, 1 when anything needs a
-person; 2 for a named rack that is neither configured nor recorded; 66 when the state file
-cannot be read."""
+Exits 0, also when no check is recorded yet, and at Ctrl-C with --watch; with --unhealthy,
+1 when anything needs a person; 2 for a named rack that is neither configured nor recorded or
+--watch with --json; 66 when the state file cannot be read."""
 
 HISTORY_HELP = """\
 Show one agent's checks, newest first: when each started (UTC), its rack, outcome, job id,
@@ -213,7 +243,11 @@ COMMANDS: Mapping[str, CommandHelp] = {
         "rackwatch run-once tor3-a --config ./rackwatch.toml",
         RUN_ONCE_HELP,
     ),
-    "demo": CommandHelp("run a whole cycle against a built-in simulated lab", "rackwatch demo"),
+    "demo": CommandHelp(
+        "tell rackwatch's story in a few cycles of a built-in simulated lab, and keep its state",
+        "rackwatch demo --dir ./rackwatch-demo",
+        DEMO_HELP,
+    ),
     "status": CommandHelp(
         "show each agent's health and recent checks, rack incidents and drift",
         "rackwatch status tor3-a --config /etc/rackwatch/config.toml",

@@ -7,16 +7,20 @@
     4. the defaults below.
 Settings built in code (`Settings(...)`, `Settings.from_mapping(...)`) see only what they are given
 plus the defaults, so tests and the demo never pick up a developer's shell or a real lab.
-Every problem becomes one `ConfigError` line naming the file and the key, never a secret.
+Every problem becomes one `ConfigError` line naming the file and the key, never a secret; an
+unknown key also names the known key closest to it ("did you mean 'concurrency'?"), and a missing
+default file says how to give one.
 May import: pydantic, pydantic_settings, errors.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
 import tomllib
+from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
@@ -143,7 +147,9 @@ def _check_job_key(key: str) -> str:
     if key in ("job_queue", "job_id"):
         raise ValueError(f"rackwatch sets {key} itself; remove it from [job]")
     if key not in JOB_KEYS:
-        raise ValueError("unknown key (not a Testflinger job field)")
+        close = _close_to(key, JOB_KEYS)
+        also = f"; did you mean {close!r}?" if close else ""
+        raise ValueError(f"unknown key (not a Testflinger job field{also})")
     return key
 
 
@@ -442,8 +448,16 @@ def load_state_settings(path: Path | None = None) -> StateSettings:
 
 
 def _load(model: type[_Model], path: Path | None) -> tuple[_Model, Path]:
+    missing = ""  # what to add when the file does not exist
+    if path is None and os.environ.get("RACKWATCH_CONFIG"):
+        missing = " (the file RACKWATCH_CONFIG names)"
+    elif path is None:
+        missing = (
+            "; name a configuration file with --config PATH or RACKWATCH_CONFIG, or copy"
+            f" config.example.toml, from rackwatch's source, to {DEFAULT_CONFIG_PATH}"
+        )
     path = default_config_path() if path is None else path
-    token = _FILE_DATA.set(_read_toml(path))
+    token = _FILE_DATA.set(_read_toml(path, missing))
     try:
         return model(), path
     except ValidationError as exc:
@@ -454,11 +468,13 @@ def _load(model: type[_Model], path: Path | None) -> tuple[_Model, Path]:
         _FILE_DATA.reset(token)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, missing: str = "") -> dict[str, Any]:
+    """The TOML table in the file; a ConfigError for a file that cannot be read as one, with
+    `missing` after "no such file" for one that does not exist."""
     try:
         return tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise ConfigError(f"{path}: no such file{missing}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -519,10 +535,43 @@ def _config_error(exc: ValidationError, where: str) -> ConfigError:
         key = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in loc)
         key = key.replace(".[", "[")
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + _did_you_mean(loc)
         elif error["type"] == "missing":
             message = "required but not set"
         else:
             message = error["msg"].removeprefix("Value error, ")
         problems.append(f"{key}{_origin(loc)}: {' '.join(message.split())}")
     return ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def _did_you_mean(loc: tuple[str | int, ...]) -> str:
+    """ " (did you mean 'concurrency'?)" for the unknown key at `loc`: the key of its own table
+    closest to it, else the closest of another table ('check.concurrency'); "" when none is."""
+    key, table = str(loc[-1]), loc[:-1]
+    if close := _close_to(key, _keys_of(table)):
+        return f" (did you mean {close!r}?)"
+    elsewhere: dict[str, str] = {}  # key → its full name, in its first table that has it
+    for other in [(), *((section,) for section in _SECTIONS)]:
+        if other != table:
+            for name in _keys_of(other):
+                elsewhere.setdefault(name, ".".join([*other, name]))
+    close = _close_to(key, elsewhere)
+    return f" (did you mean {elsewhere[close]!r}?)" if close else ""
+
+
+def _keys_of(table: tuple[str | int, ...]) -> list[str]:
+    """The keys that the table at `table` (() for the top) may hold; none for a list or a
+    free-form table."""
+    model: Any = Settings
+    for part in table:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _close_to(key: str, known: Iterable[str]) -> str | None:
+    """The one of `known` closest to `key` by difflib's measure, if any is close enough."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return close[0] if close else None

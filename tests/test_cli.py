@@ -312,16 +312,6 @@ async def test_sigkill_mid_submission_loses_nothing_and_submits_nothing_twice(
         assert store.unfinished() == []
 
 
-async def test_demo_runs_a_whole_cycle() -> None:
-    """The demo needs no configuration, shows every kind of outcome, and exits 0."""
-    done = await rackwatch("demo")
-    assert done.code == 0, done.err
-    for outcome in ("passed", "failed", "timed_out", "offline", "busy", "stale", "quarantined"):
-        assert f"  {outcome} " in done.out or f" {outcome}  " in done.out, outcome
-    assert "no_queue" in done.out and "no_agent" in done.out
-    assert "What the outcomes mean" in done.out
-
-
 async def test_the_log_of_a_whole_cycle_holds_no_secret(tmp_path: Path) -> None:
     """Debug logs of a cycle with login on never show the MAAS token secret or the client secret."""
     login = ("rackwatch-ci", "client-secret-that-must-not-leak")
@@ -479,3 +469,72 @@ async def test_run_once_and_run_help_list_their_exit_codes() -> None:
     assert re.findall(r"\b(\d+) (?:when|on)\b", exits) == ["0", "73", "74", "78"]
     assert "0 when stopped by a signal" in exits
     assert "74 when the state file was lost or stays unusable" in exits
+
+
+# Help and errors
+
+
+async def test_an_unknown_option_shows_the_usage_of_its_command() -> None:
+    """run-once --bogus is run-once's usage error, with run-once's usage line: exit 2."""
+    done = await rackwatch("run-once", "--bogus")
+    assert done.code == 2
+    assert done.err.startswith("usage: rackwatch run-once "), done.err
+    assert done.err.strip().splitlines()[-1] == (
+        "rackwatch run-once: error: unrecognized arguments: --bogus"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["run"], "run"),
+        (["demo"], "demo"),
+        (["status", "r1"], "status"),
+        (["history", "r1-m1"], "history"),
+        (["check-config"], "check-config"),
+        (["silence", "r1-m1"], "silence"),
+        (["unsilence", "r1-m1"], "unsilence"),
+        (["alerts"], "alerts"),
+        (["alerts", "test"], "alerts test"),
+    ],
+)
+def test_every_command_says_its_own_usage_for_an_unknown_option(
+    command: list[str], name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each command, and alerts' action, names itself in the usage error of an unknown option."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*command, "--bogus"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: rackwatch {name} "), err
+    assert f"rackwatch {name}: error: " in err
+
+
+async def test_a_mistyped_key_is_answered_with_the_key_it_is_close_to(tmp_path: Path) -> None:
+    """`concurency = 1` in [check] says did you mean 'concurrency', on its one line: exit 78."""
+    config = tmp_path / "config.toml"
+    config.write_text('[maas]\nurl = "http://m/"\napi_key = "a:b:c"\n[check]\nconcurency = 1\n')
+    done = await rackwatch("run-once", "r1", "--config", str(config))
+    assert done.code == 78
+    assert done.err.splitlines() == [
+        f"rackwatch: configuration error: {config}: check.concurency: unknown key"
+        " (did you mean 'concurrency'?)"
+    ]
+
+
+@pytest.mark.skipif(
+    Path("/etc/rackwatch/config.toml").exists(), reason="a configuration is at the default path"
+)
+@pytest.mark.parametrize("command", [["status"], ["history", "r1-m1"], ["silence", "--list"]])
+async def test_the_operator_commands_without_a_config_say_how_to_give_one(
+    command: list[str],
+) -> None:
+    """With no --config, no RACKWATCH_CONFIG and no default file: the three ways to give one."""
+    done = await rackwatch(*command)
+    assert done.code == 78
+    assert done.out == ""
+    assert done.err.splitlines() == [
+        "rackwatch: configuration error: /etc/rackwatch/config.toml: no such file; name a"
+        " configuration file with --config PATH or RACKWATCH_CONFIG, or copy"
+        " config.example.toml, from rackwatch's source, to /etc/rackwatch/config.toml"
+    ]

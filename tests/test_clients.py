@@ -19,7 +19,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from rackwatch.clients import RetryPolicy, connect
+from rackwatch.clients import RetryPolicy, connect, make_session
+from rackwatch.clients._http import Http, Pool
 from rackwatch.config import Settings
 from rackwatch.errors import (
     UnknownRackError,
@@ -303,6 +304,95 @@ async def test_a_maas_that_refuses_connections_is_unavailable() -> None:
     assert "cannot connect" in str(caught.value)
 
 
+# -- bounded answers -----------------------------------------------------------------------------
+
+
+async def test_an_endless_answer_is_refused_once_past_the_services_limit() -> None:
+    """MAAS streaming a list without end is one UpstreamResponseError line, and never retried."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.ENDLESS, "maas", times=None))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        with pytest.raises(UpstreamResponseError) as caught:
+            await clients.maas.machines("rack-a")
+    assert str(caught.value) == (
+        "maas GET /MAAS/api/2.0/machines/ answered 200 with a body over 64 MiB, the limit for"
+        " maas answers; reading stopped there"
+    )
+    assert lab.requests[MACHINES] == 1
+
+
+async def test_a_huge_answer_is_refused_by_its_length_before_it_is_read() -> None:
+    """A 400 MB agent listing that says so in its Content-Length is refused unread."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.HUGE, "testflinger", path="/v1/agents/data"))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        started = time.monotonic()
+        with pytest.raises(UpstreamResponseError) as caught:
+            await clients.testflinger.agents()
+    assert time.monotonic() - started < 1.0
+    assert str(caught.value) == (
+        "testflinger GET /v1/agents/data answered 200 with a body over 32 MiB, the limit for"
+        " testflinger answers; its length is 419,430,400 bytes"
+    )
+
+
+@pytest.mark.parametrize(("service", "path"), [("maas", "/machines/"), ("testflinger", "/v1/")])
+async def test_json_nested_too_deeply_is_a_response_error(service: str, path: str) -> None:
+    """Lists nested 200,000 deep, and so past what json can decode, are one line, not a crash."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.DEEP, service, path=path))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        with pytest.raises(UpstreamResponseError) as caught:
+            if service == "maas":
+                await clients.maas.machines("rack-a")
+            else:
+                await clients.testflinger.agents()
+    assert str(caught.value).endswith("answered 200 with JSON nested more than 64 levels deep")
+
+
+async def test_a_rack_of_a_thousand_machines_is_well_within_the_maas_limit() -> None:
+    """1,000 simulated machines (1.5 MB) are read whole."""
+    lab = Lab([SimRack("big", [SimMachine(f"big-m{i:04d}") for i in range(1000)])])
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        machines = await clients.maas.machines("big")
+    assert len(machines) == 1000
+
+
+async def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_not() -> None:
+    """The limit counts the bytes of the body: that many pass, one more is refused."""
+    lab = make_lab()
+    async with lab.serve() as urls, make_session() as session:
+        pool = Pool(session, asyncio.Semaphore(1), FAST_RETRY)
+        url = f"{urls.testflinger}v1/agents/data"
+        size = len((await Http("testflinger", pool, timeout_s=5).request("GET", url)).body)
+        exact = Http("testflinger", pool, timeout_s=5, body_limit=size)
+        assert len((await exact.request("GET", url)).body) == size
+        with pytest.raises(UpstreamResponseError, match=f"its length is {size:,} bytes"):
+            await Http("testflinger", pool, timeout_s=5, body_limit=size - 1).request("GET", url)
+
+
+async def test_of_an_answer_not_asked_for_only_the_head_is_read() -> None:
+    """An endless answer whose status the caller did not expect is quoted from its first bytes."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.ENDLESS, "testflinger", path="/v1/agents/data"))
+    async with lab.serve() as urls, make_session() as session:
+        http = Http("testflinger", Pool(session, asyncio.Semaphore(1), FAST_RETRY), timeout_s=5)
+        with pytest.raises(UpstreamResponseError) as caught:
+            await http.request("GET", f"{urls.testflinger}v1/agents/data", expect=(204,))
+    assert str(caught.value).startswith('testflinger GET /v1/agents/data answered 200: [{"name"')
+
+
+async def test_a_caller_that_needs_no_body_gets_it_cut_at_the_limit() -> None:
+    """The webhook's kind of request: an endless 200 is taken, its body cut at 64 KiB."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.ENDLESS, "testflinger", path="/v1/agents/data"))
+    async with lab.serve() as urls, make_session() as session:
+        pool = Pool(session, asyncio.Semaphore(1), FAST_RETRY)
+        http = Http("webhook", pool, timeout_s=5, needs_body=False)
+        reply = await http.request("GET", f"{urls.testflinger}v1/agents/data")
+    assert (reply.status, len(reply.body)) == (200, 64 * 1024)
+
+
 # -- Testflinger ---------------------------------------------------------------------------------
 
 
@@ -321,6 +411,41 @@ async def test_agents_and_one_agent_by_name() -> None:
     assert one.updated_at is not None
     assert one.updated_at.tzinfo is not None
     assert missing is None
+
+
+ODD_NAME = "a?b#c%2Fd\te\nf"
+
+
+async def test_an_agent_name_goes_into_the_path_escaped_and_comes_back_whole() -> None:
+    """A name with "?", "#", "%2F", a tab and a newline reaches its agent, which reads back."""
+    lab = Lab([SimRack("rack-a", [SimMachine(ODD_NAME)])])
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        agent = await clients.testflinger.agent(ODD_NAME)
+    assert agent is not None
+    assert agent.name == ODD_NAME
+    assert lab.requests["GET /v1/agents/data/{agent_name}"] == 1
+
+
+@pytest.mark.parametrize("name", ["a/b", "tor3/m07", "", ".", ".."])
+async def test_a_name_no_path_segment_can_carry_is_refused_unsent(name: str) -> None:
+    """Testflinger takes a name from one decoded path segment: "a/b" names no agent it serves."""
+    lab = make_lab()
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        with pytest.raises(UpstreamResponseError, match="agent name Testflinger cannot serve"):
+            await clients.testflinger.agent(name)
+    assert lab.requests["GET /v1/agents/data/{agent_name}"] == 0
+
+
+async def test_a_job_id_from_the_server_stays_one_path_segment() -> None:
+    """A job id with slashes and dots reaches the job route, escaped, and nothing else."""
+    lab = make_lab()
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        with pytest.raises(UpstreamResponseError) as caught:
+            await clients.testflinger.result("../agents/data")
+    assert str(caught.value) == (
+        "testflinger GET /v1/result/..%2Fagents%2Fdata answered 400: Invalid job_id specified"
+    )
+    assert lab.requests["GET /v1/result/{job_id}"] == 1
 
 
 async def test_a_submitted_job_keeps_the_id_rackwatch_chose() -> None:

@@ -341,6 +341,59 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            MAAS + "[check]\nconcurency = 1\n",
+            "check.concurency: unknown key (did you mean 'concurrency'?)",
+        ),
+        ("concurency = 1\n" + MAAS, "concurency: unknown key (did you mean 'check.concurrency'?)"),
+        ("rack = []\n" + MAAS, "rack: unknown key (did you mean 'racks'?)"),
+        (MAAS + "[chek]\nconcurrency = 1\n", "chek: unknown key (did you mean 'check'?)"),
+        (
+            MAAS + "[check]\nfailures_to_unhealthy = 3\n",
+            "check.failures_to_unhealthy: unknown key (did you mean 'health.failures_to_unhealthy'?)",
+        ),
+        (
+            MAAS + "[job]\nprovison_data = {}\n",
+            "job.provison_data: unknown key (not a Testflinger job field; did you mean"
+            " 'provision_data'?)",
+        ),
+        (MAAS + "[check]\nzzz = 1\n", "check.zzz: unknown key"),
+    ],
+)
+def test_an_unknown_key_names_the_known_key_close_to_it(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """A mistyped key, or one in the wrong table, gets "did you mean"; a key close to none
+    gets nothing more."""
+    assert config_error(tmp_path, text) == f"{tmp_path / 'config.toml'}: {expected}"
+
+
+@pytest.mark.skipif(
+    Path("/etc/rackwatch/config.toml").exists(), reason="a configuration is at the default path"
+)
+def test_no_file_at_the_default_path_says_how_to_give_one() -> None:
+    """Without --config or RACKWATCH_CONFIG: --config PATH, RACKWATCH_CONFIG or the example."""
+    with pytest.raises(ConfigError) as raised:
+        load_state_settings()
+    assert str(raised.value) == (
+        "/etc/rackwatch/config.toml: no such file; name a configuration file with --config PATH"
+        " or RACKWATCH_CONFIG, or copy config.example.toml, from rackwatch's source, to"
+        " /etc/rackwatch/config.toml"
+    )
+
+
+def test_no_file_where_rackwatch_config_points_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file RACKWATCH_CONFIG names, missing, is named as that."""
+    monkeypatch.setenv("RACKWATCH_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError, match=r"gone\.toml: no such file \(the file RACKWATCH_CONFIG"):
+        load_settings()
+
+
 def test_directory_instead_of_file_is_a_config_error(tmp_path: Path) -> None:
     """A path that cannot be read as a file is a ConfigError, not an OSError."""
     with pytest.raises(ConfigError, match=rf"^{tmp_path}: cannot read: "):

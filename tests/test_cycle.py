@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -444,3 +445,144 @@ async def test_a_crashed_cycle_leaves_no_check_running(served: LabFactory) -> No
                 if "Checker" in task.get_coro().__qualname__  # type: ignore[union-attr]
             ]
             assert left == []
+
+
+ODD_NAME = "a?b#c%2Fd\te\nf"
+
+
+async def test_an_agent_whose_name_needs_escaping_is_checked_and_passes(
+    served: LabFactory,
+) -> None:
+    """A name with "?", "#", "%2F", a tab and a newline is re-read, gets its job, and passes."""
+    harness = await served([SimRack("r1", [SimMachine(ODD_NAME), SimMachine("r1-m2")])])
+    [report] = await harness.cycle()
+    assert outcomes(report) == {ODD_NAME: Outcome.PASSED, "r1-m2": Outcome.PASSED}
+    assert [body["job_queue"] for body in harness.lab.submissions_for(ODD_NAME)] == [ODD_NAME]
+
+
+async def test_an_agent_name_testflinger_cannot_serve_is_said_so_not_gone(
+    served: LabFactory,
+) -> None:
+    """A listed agent named with a "/" is an error saying so, not "the agent disappeared"."""
+    name = "a/b?c#d%2F"
+    harness = await served([SimRack("r1", [SimMachine(name), SimMachine("r1-m2")])])
+    [report] = await harness.cycle()
+    checks = {check.agent: check for check in report.checks}
+    assert outcomes(report) == {name: Outcome.ERROR, "r1-m2": Outcome.PASSED}
+    assert checks[name].detail == (
+        "'a/b?c#d%2F' is an agent name Testflinger cannot serve"
+        " (the name holds a '/', which ends a URL segment)"
+    )
+    assert harness.lab.submissions_for(name) == []
+    with Store.open(harness.state_file) as store:
+        assert name not in store.health()  # an error changes no health
+        assert store.pending_alerts() == []  # and is no drift to announce
+
+
+def two_rack_lab() -> list[SimRack]:
+    """Racks r1 and r2, and machine "both" tagged with each."""
+    return [
+        SimRack("r1", [SimMachine("r1-m1"), SimMachine("both", tags=("r2",))]),
+        SimRack("r2", [SimMachine("r2-m1")]),
+    ]
+
+
+async def test_a_machine_in_two_racks_checked_together_gets_one_job(served: LabFactory) -> None:
+    """One rack checks the machine; the other reports it busy, naming that rack."""
+    harness = await served(two_rack_lab())
+    reports = await harness.cycle()
+    both = {report.rack: next(c for c in report.checks if c.agent == "both") for report in reports}
+    [checked] = [rack for rack, check in both.items() if check.outcome is Outcome.PASSED]
+    [other] = [rack for rack in both if rack != checked]
+    assert both[other].outcome is Outcome.BUSY
+    assert both[other].detail == f"in rack {checked} too, whose cycle checks it in this run"
+    assert both[other].job_id is None
+    assert len(harness.lab.submissions_for("both")) == 1
+    assert {report.cycle.status for report in reports} == {"ok"}
+
+
+async def test_a_machine_in_two_racks_checked_in_turn_passes_in_each(served: LabFactory) -> None:
+    """Rack by rack, each cycle finds no job of the other in flight and checks the machine."""
+    harness = await served(two_rack_lab())
+    [r1] = await harness.cycle(["r1"])
+    [r2] = await harness.cycle(["r2"])
+    assert outcomes(r1) == {"r1-m1": Outcome.PASSED, "both": Outcome.PASSED}
+    assert outcomes(r2) == {"both": Outcome.PASSED, "r2-m1": Outcome.PASSED}
+    assert len(harness.lab.submissions_for("both")) == 2
+
+
+def begin_other_racks_job(harness: Harness, rack: str, agent: str) -> str:
+    """Record an unfinished job of `agent` in a cycle of `rack`, as another rackwatch would."""
+    job_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    with Store.open(harness.state_file) as store:
+        cycle_id = store.start_cycle(rack, now)
+        store.begin_job(
+            cycle_id, rack=rack, agent=agent, machine=agent, queue=agent, job_id=job_id, at=now
+        )
+    return job_id
+
+
+async def test_a_machine_whose_other_rack_has_a_job_in_flight_is_busy(served: LabFactory) -> None:
+    """Another process's unfinished job of r1 on the machine makes r2's check busy, naming it."""
+    harness = await served(two_rack_lab())
+    job_id = begin_other_racks_job(harness, "r1", "both")
+    [r2] = await harness.cycle(["r2"])
+    [check] = [c for c in r2.checks if c.agent == "both"]
+    assert (check.outcome, check.detail) == (
+        Outcome.BUSY,
+        f"in rack r1 too, whose cycle has rackwatch job {job_id} in flight",
+    )
+    assert harness.lab.submissions_for("both") == []
+
+
+async def test_a_job_another_rack_begins_meanwhile_makes_the_check_busy(
+    served: LabFactory,
+) -> None:
+    """The state file's one unfinished job per agent, taken while r2 re-reads it: busy, no error."""
+    harness = await served(two_rack_lab())
+    harness.lab.inject(Fault(FaultKind.SLOW, "testflinger", path="/v1/agents/data/both", delay=0.5))
+    cycle = asyncio.create_task(harness.cycle(["r2"]))
+    await until(lambda: harness.lab.requests["GET /v1/agents/data/{agent_name}"] >= 1)
+    job_id = begin_other_racks_job(harness, "r1", "both")
+    [r2] = await cycle
+    [check] = [c for c in r2.checks if c.agent == "both"]
+    assert (check.outcome, check.detail) == (
+        Outcome.BUSY,
+        f"in rack r1 too, whose cycle has rackwatch job {job_id} in flight",
+    )
+    assert outcomes(r2)["r2-m1"] is Outcome.PASSED
+    assert harness.lab.submissions_for("both") == []
+
+
+async def test_a_machine_in_two_racks_of_concurrent_cycles_gets_one_job(
+    served: LabFactory,
+) -> None:
+    """Two cycles at once, one per rack (as the daemon runs them): one job, busy in the other."""
+    harness = await served(two_rack_lab())
+    reports = await asyncio.gather(harness.cycle(["r1"]), harness.cycle(["r2"]))
+    both = {r.rack: next(c for c in r.checks if c.agent == "both") for [r] in reports}
+    [checked] = [rack for rack, check in both.items() if check.outcome is Outcome.PASSED]
+    [other] = [rack for rack in both if rack != checked]
+    assert (both[other].outcome, both[other].detail) == (
+        Outcome.BUSY,
+        f"in rack {checked} too, whose cycle has rackwatch job {both[checked].job_id} in flight",
+    )
+    assert len(harness.lab.submissions_for("both")) == 1
+
+
+async def test_a_machine_whose_other_racks_job_started_meanwhile_is_busy_naming_it(
+    served: LabFactory,
+) -> None:
+    """A re-read that finds the agent running the other rack's new job names that rack."""
+    harness = await served(two_rack_lab())
+    # The first cycle to re-read the agent hears back only once the other's job has started.
+    harness.lab.inject(Fault(FaultKind.SLOW, "testflinger", path="/v1/agents/data/both", delay=0.3))
+    reports = await asyncio.gather(harness.cycle(["r1"]), harness.cycle(["r2"]))
+    both = {r.rack: next(c for c in r.checks if c.agent == "both") for [r] in reports}
+    [checked] = [rack for rack, check in both.items() if check.outcome is Outcome.PASSED]
+    [other] = [rack for rack in both if rack != checked]
+    assert (both[other].outcome, both[other].detail) == (
+        Outcome.BUSY,
+        f"in rack {checked} too, whose cycle has rackwatch job {both[checked].job_id} in flight",
+    )

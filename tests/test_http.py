@@ -1,4 +1,4 @@
-"""How answers are read back into words: error bodies and Retry-After."""
+"""How answers are read back into words: error bodies, Retry-After, sizes and nesting."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from rackwatch.clients._http import excerpt, parse_retry_after
+from rackwatch.clients._http import excerpt, format_size, nests_deeper, parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,42 @@ def test_retry_after_as_seconds_or_a_date(header: str | None, seconds: float | N
     """Retry-After may be delta-seconds or an HTTP date."""
     now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     assert parse_retry_after(header, now=now) == seconds
+
+
+@pytest.mark.parametrize(
+    ("data", "deeper"),
+    [
+        ([[[]]], False),  # three levels: the limit
+        ([[[[]]]], True),
+        ({"a": {"b": [1, "x", None]}}, False),
+        ({"a": [{"b": [{}]}]}, True),
+        ("text", False),
+        ([1, [2, [3]]], False),
+    ],
+)
+def test_nesting_is_measured_in_levels_of_lists_and_objects(data: object, deeper: bool) -> None:
+    """A scalar adds no level; each list or object inside another adds one."""
+    assert nests_deeper(data, 3) is deeper
+
+
+def test_nesting_of_any_depth_is_measured_without_recursion() -> None:
+    """Nesting far past the interpreter's recursion limit is measured, not a RecursionError."""
+    data: list[object] = []
+    for _ in range(100_000):
+        data = [data]
+    assert nests_deeper(data, 64)
+
+
+def test_an_error_body_nested_too_deeply_is_quoted_as_text() -> None:
+    """An error body whose JSON cannot be decoded, or nests too deeply, is shown as its text."""
+    assert excerpt(b"[" * 200_000 + b"]" * 200_000) == "[" * 199 + "…"
+    assert excerpt(b'{"message": ' * 100 + b"1" + b"}" * 100).startswith('{"message": {"message"')
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(64 * 1024 * 1024, "64 MiB"), (64 * 1024, "64 KiB"), (1536, "1,536 bytes"), (10, "10 bytes")],
+)
+def test_limits_are_named_in_the_units_they_are_written_in(size: int, text: str) -> None:
+    """The body limits read as "64 MiB" and "64 KiB" in messages."""
+    assert format_size(size) == text

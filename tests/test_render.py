@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from rackwatch.check import RackReport
 from rackwatch.jobs import Tally
-from rackwatch.model import Outcome
+from rackwatch.model import AgentHealth, Health, Outcome, Silence
 from rackwatch.render.cycle import as_json, as_text, progress_line
 from rackwatch.render.history import history_text
-from rackwatch.render.status import status_text
-from rackwatch.render.table import plural
+from rackwatch.render.silence import silences_text
+from rackwatch.render.status import STATUS_COLUMNS, status_text
+from rackwatch.render.table import Look, cut, fit, plural, table, visible, width_of
 from rackwatch.status import RackStatus
-from rackwatch.store import CheckRecord, CycleRecord
+from rackwatch.store import AgentState, AgentTrend, CheckRecord, CycleRecord
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 TF = "https://testflinger.example.com/"
@@ -189,3 +193,163 @@ def test_status_text_says_when_a_rack_is_due_failed_or_never_checked() -> None:
         "by health: 0 healthy, 0 unhealthy, 0 excluded, 0 unknown; 0 rack incidents open",
     ]
     assert plural(2412, "agent") == "2,412 agents"
+
+
+# Control characters, width and colour
+
+
+HOSTILE = "Reason: \x1b[2J\x1b]0;pwned\x07 bad\nsecond line"
+SHOWN = "Reason: \\x1b[2J\\x1b]0;pwned\\x07 bad\\nsecond line"
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def test_a_hostile_detail_shows_as_escapes_in_the_table_and_exact_in_json() -> None:
+    """An escape sequence, an OSC title and a newline in a cell are shown escaped, in one row."""
+    hostile = check(3, "r1-m3", Outcome.OFFLINE, None, 0, f"offline: {HOSTILE}")
+    report = replace(CYCLE, checks=[*CYCLE.checks[:2], hostile])
+    assert as_text([report]).encode().splitlines()[1:5] == [
+        b"  AGENT  MACHINE    OUTCOME  JOB ID  DURATION  DETAIL",
+        b"  r1-m1  r1-m1.lab  passed   job-1   42.5s",
+        b"  r1-m2  r1-m2.lab  failed   job-2   1m 20s    provisioning exited 1",
+        b"  r1-m3  r1-m3.lab  offline                    offline: Reason: \\x1b[2J\\x1b]0;pwned"
+        b"\\x07 bad\\nsecond line",
+    ]
+    [*_, shown] = json.loads(as_json([report]))["racks"][0]["agents"]
+    assert shown["detail"] == f"offline: {HOSTILE}"
+
+
+def test_every_kind_of_control_character_has_a_visible_escape() -> None:
+    """C0, DEL, C1, line separators and bidirectional overrides; printable text is kept."""
+    assert visible("a\tb\rc\x00\x7f\x9b\u2028\u202e…×⚠") == (
+        "a\\tb\\rc\\x00\\x7f\\x9b\\u2028\\u202e…×⚠"
+    )
+
+
+def test_history_and_silence_list_escape_control_characters() -> None:
+    """What an agent, a job or an admin wrote reaches neither history nor silence --list raw."""
+    hostile = check(1, "r1-m2", Outcome.OFFLINE, "j\x1b[2J", 0, f"offline: {HOSTILE}")
+    text = history_text("r1-m2", [hostile], web_base=TF)
+    assert "\x1b" not in text and "second line" not in text.splitlines()[-1]
+    assert text.splitlines()[2].endswith(f"offline: {SHOWN}")
+    assert text.splitlines()[3] == f"    job: {TF}jobs/j\\x1b[2J"
+    silence = Silence(1, "r1-m\x1b[31m2", None, "BMC\nswap", "al\x07ice", T0, T0 + timedelta(1))
+    assert silences_text([silence]).splitlines()[1:] == [
+        "SILENCED       UNTIL (UTC)       BY         SINCE (UTC)       REASON",
+        "r1-m\\x1b[31m2  2026-11-28 12:00  al\\x07ice  2026-11-27 12:00  BMC\\nswap",
+    ]
+
+
+JOB_ID = "5d0c7a4e-8f1b-4c2d-9e3f-a1b2c3d4e5f6"
+NOW = T0 + timedelta(hours=2)
+
+
+def racks_to_show() -> list[RackStatus]:
+    """Two racks: an unhealthy agent with a long reason, one with a job in flight, one set
+    offline by an admin with a hostile comment, and a healthy one."""
+
+    def state(
+        agent: str, last: CheckRecord, failures: int = 0, in_flight: CheckRecord | None = None
+    ) -> AgentState:
+        passed_at = T0 if last.outcome is Outcome.PASSED else None
+        return AgentState(agent, agent[:2], f"{agent}.lab", last, failures, passed_at, in_flight)
+
+    reason = "provisioning exited 1 (device connector error)"
+    failed = check(2, "r1-m2", Outcome.FAILED, JOB_ID, 80.25, reason)
+    passed = check(1, "r1-m1", Outcome.PASSED, "job-1", 42.5, "")
+    offline = check(3, "r1-m3", Outcome.OFFLINE, None, 0, f"offline: {HOSTILE}")
+    running = replace(passed, id=4, job_id=JOB_ID, outcome=None, finished_at=None)
+    health = {
+        "r1-m1": AgentHealth(Health.HEALTHY, T0),
+        "r1-m2": AgentHealth(Health.UNHEALTHY, T0, reason, JOB_ID, Outcome.FAILED),
+        "r1-m3": AgentHealth(Health.EXCLUDED, T0, "offline", None, Outcome.OFFLINE),
+    }
+    trends = {"r1-m1": AgentTrend("r1-m1", 3, 3, (40.0, 42.5, 41.0), "Deployed", None)}
+    cycle = CycleRecord(1, "r1", T0, T0 + timedelta(seconds=95), "failures", None)
+    r1 = RackStatus(
+        "r1",
+        cycle,
+        NOW + timedelta(hours=4),
+        [
+            state("r1-m1", passed, in_flight=running),
+            state("r1-m2", failed, failures=2),
+            state("r1-m3", offline),
+        ],
+        health=health,
+        trends=trends,
+        health_logs={"r1-m2": LOG},
+    )
+    r2 = RackStatus("r2", replace(cycle, rack="r2", status="ok"), NOW, [state("r2-m1", passed)])
+    return [r1, r2]
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_status_fits_the_width_with_headings_whole_and_cuts_marked(width: int) -> None:
+    """No line is longer than the width; headings are whole; a cut cell ends in "…"; a line
+    says what was cut or left out."""
+    text = status_text(racks_to_show(), NOW, Look(width=width))
+    lines = text.splitlines()
+    assert max(width_of(line) for line in lines) <= width, text
+    headings = [line for line in lines if line.startswith("  AGENT ")]
+    assert len(headings) == 2, text
+    shown = re.split(r"  +", headings[0].strip())
+    assert set(shown) <= set(STATUS_COLUMNS), text
+    assert shown == [name for name in STATUS_COLUMNS if name in shown]
+    assert "…" in next(line for line in lines if line.startswith("  r1-m2 "))
+    assert f"fitted to {width} columns (… ends what is cut short" in text
+    assert "\x1b" not in text
+
+
+def test_status_at_80_columns_reads_so() -> None:
+    """At 80 columns, byte for byte: DETAIL cut, the columns least needed left out and named,
+    and the header wrapped."""
+    lines = status_text(racks_to_show(), NOW, Look(width=80)).splitlines()
+    assert lines[:6] == [
+        "r1: last cycle started 2h 0m ago, ended after 1m 35s: failures; next check in 4h",
+        "  0m",
+        "  AGENT  HEALTH           LAST OUTCOME  FAILURES  DETAIL",
+        "  r1-m1  healthy 2h 0m    passed        0",
+        "  r1-m2  unhealthy 2h 0m  failed        2         provisioning exited 1 (device…",
+        "  r1-m3  excluded 2h 0m   offline       0         offline: Reason: \\x1b[2J\\x1b]…",
+    ]
+    assert lines[11:13] == [
+        "fitted to 80 columns (… ends what is cut short; left out: JOB IN FLIGHT,",
+        "  PROVISION, PASS RATE, LAST PASSED, WHEN): status --wide shows everything",
+    ]
+
+
+def test_status_is_whole_without_a_width_and_the_same_in_colour_but_for_the_codes() -> None:
+    """With no width (piped, --wide) nothing is cut or left out; colour adds only SGR codes,
+    which take no width: healthy and passed green, unhealthy and failed red, excluded yellow."""
+    plain = status_text(racks_to_show(), NOW)
+    coloured = status_text(racks_to_show(), NOW, Look(colour=True))
+    assert "…" not in plain and "fitted to" not in plain and "\x1b" not in plain
+    assert JOB_ID in plain and f"offline: {SHOWN}" in plain
+    assert SGR.sub("", coloured) == plain
+    assert "\x1b[32mhealthy 2h 0m\x1b[0m" in coloured
+    assert "\x1b[32mpassed\x1b[0m" in coloured
+    assert "\x1b[31munhealthy 2h 0m\x1b[0m" in coloured
+    assert "\x1b[31mfailed\x1b[0m" in coloured
+    assert "\x1b[33mexcluded 2h 0m\x1b[0m" in coloured
+    assert "offline" in coloured and "\x1b[33moffline" not in coloured
+
+
+def test_a_table_too_wide_for_any_cut_keeps_its_headings_whole() -> None:
+    """Where nothing fits, the cut columns stop at their headings and the table is wider."""
+    columns = ("AGENT", "DETAIL")
+    rows = [("a-very-long-agent-name", "a detail long enough to cut")]
+    layout = fit(columns, rows, 10, cut_to={"DETAIL": 0, "AGENT": 0})
+    assert table(columns, rows, layout=layout).splitlines() == [
+        "AGENT  DETAIL",
+        "a-ve…  a det…",
+    ]
+
+
+def test_widths_count_columns_shown_not_characters_or_codes() -> None:
+    """A wide character takes two columns; a cut keeps within the width."""
+    assert width_of("機械-m1") == 7
+    assert cut("機械-m1", 4) == "機…"
+    assert table(("A", "B"), [("機械", "x"), ("ab", "y")]).splitlines() == [
+        "A     B",
+        "機械  x",
+        "ab    y",
+    ]

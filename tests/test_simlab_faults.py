@@ -198,6 +198,77 @@ async def test_only_hits_count_against_a_faults_times() -> None:
     assert lab.faults == []
 
 
+async def test_an_endless_answer_goes_on_for_as_long_as_the_client_reads() -> None:
+    """ENDLESS streams a JSON list without a length and without an end, until the client leaves."""
+    lab = lab_of(Behaviour.PASS)
+    lab.inject(Fault(FaultKind.ENDLESS, "maas", path="/machines/"))
+    async with running(lab) as (urls, session):
+        async with session.get(f"{urls.maas}api/2.0/machines/?tags=rack-a") as response:
+            assert (response.status, response.content_type) == (200, "application/json")
+            assert response.content_length is None
+            read = b""
+            while len(read) < 5 * 2**20:
+                read += await response.content.read(2**20)
+            assert read.startswith(b'[{"name": "filler"')
+            assert not response.content.at_eof()
+        # The lab answers normally once the fault is spent, the endless answer abandoned.
+        status, body = await machines(session, urls, "tags=rack-a")
+    assert (status, len(body)) == (200, 1)
+
+
+async def test_a_huge_answer_is_valid_json_of_the_size_it_declares() -> None:
+    """HUGE answers a JSON list of exactly `size` bytes, with its Content-Length."""
+    lab = lab_of(Behaviour.PASS)
+    lab.inject(Fault(FaultKind.HUGE, "testflinger", path="/v1/agents/data", size=300_001))
+    async with (
+        running(lab) as (urls, session),
+        session.get(f"{urls.testflinger}v1/agents/data") as response,
+    ):
+        assert response.content_length == 300_001
+        body = await response.read()
+    assert len(body) == 300_001
+    records = json.loads(body)
+    assert len(records) > 200
+    assert records[-1] == {}
+
+
+async def test_a_deep_answer_nests_past_what_json_can_decode() -> None:
+    """DEEP answers lists nested `depth` deep, which Python's json refuses with RecursionError."""
+    lab = lab_of(Behaviour.PASS)
+    lab.inject(Fault(FaultKind.DEEP, "testflinger", path="/v1/agents/data"))
+    async with (
+        running(lab) as (urls, session),
+        session.get(f"{urls.testflinger}v1/agents/data") as response,
+    ):
+        assert response.content_type == "application/json"
+        body = await response.read()
+    assert body == b"[" * 200_000 + b"]" * 200_000
+    with pytest.raises(RecursionError):
+        json.loads(body)
+
+
+async def test_an_echoing_error_page_shows_the_request_headers_back() -> None:
+    """ECHO_HEADERS answers its status with the request line and every header, credentials too."""
+    lab = lab_of(Behaviour.PASS)
+    lab.inject(Fault(FaultKind.ECHO_HEADERS, "testflinger", path="/v1/oauth2/token", status=401))
+    login = aiohttp.encode_basic_auth("rackwatch", "s3cret-value-123456")
+    async with (
+        running(lab) as (urls, session),
+        session.post(
+            f"{urls.testflinger}v1/oauth2/token?x=1", headers={"Authorization": login}
+        ) as response,
+    ):
+        assert (response.status, response.content_type) == (401, "text/plain")
+        page = (await response.text()).splitlines()
+    assert page[:3] == [
+        "401 Unauthorized",
+        "The server could not handle this request:",
+        "POST /v1/oauth2/token?x=1 HTTP/1.1",
+    ]
+    assert f"Authorization: {login}" in page
+    assert f"Host: 127.0.0.1:{urls.port}" in page
+
+
 @pytest.mark.parametrize(
     "options",
     [

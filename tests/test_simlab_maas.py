@@ -8,7 +8,7 @@ import time
 import pytest
 from oauthlib import oauth1
 
-from rackwatch.simlab import DEFAULT_MAAS_API_KEY, demo_lab, uniform_lab
+from rackwatch.simlab import DEFAULT_MAAS_API_KEY, Lab, SimMachine, SimRack, demo_lab, uniform_lab
 from tests.simlab_client import maas_auth, machines, running
 
 SECRET = DEFAULT_MAAS_API_KEY.split(":")[2]
@@ -122,6 +122,26 @@ async def test_maas_filters_machines_by_tag_like_maas(query: str, count: int) ->
     async with running(demo_lab(extra_tags=["empty-rack"])) as (urls, session):
         status, body = await machines(session, urls, query)
     assert (status, len(body)) == (200, count)
+
+
+async def test_a_machine_with_another_racks_tag_is_listed_in_both_racks() -> None:
+    """A machine's own tags add to its rack's: MAAS lists it under each, with one system_id."""
+    lab = Lab(
+        [
+            SimRack("r1", [SimMachine("r1-m1"), SimMachine("both", tags=("r2", "spare"))]),
+            SimRack("r2", [SimMachine("r2-m1")]),
+        ]
+    )
+    async with running(lab) as (urls, session):
+        listings = {rack: await machines(session, urls, f"tags={rack}") for rack in ("r1", "r2")}
+        _, spare = await machines(session, urls, "tags=spare")
+    r1, r2 = (body for _, body in listings.values())
+    assert [m["hostname"] for m in r1] == ["r1-m1", "both"]
+    assert [m["hostname"] for m in r2] == ["both", "r2-m1"]
+    assert r1[1] == r2[0]
+    assert r1[1]["tag_names"] == ["r1", "r2", "spare"]
+    assert [m["hostname"] for m in spare] == ["both"]
+    assert list(lab.agents) == ["r1-m1", "both", "r2-m1"]  # one agent for the machine
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,11 @@ import json
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from rackwatch.simlab import Behaviour
 from tests.simlab_client import ISO, cancel, lab_of, result_when, running, search, submit
@@ -287,3 +289,39 @@ async def test_only_an_admin_token_may_set_an_agent_offline() -> None:
         async with session.get(url, headers=bearer) as response:
             agent = await response.json()
     assert (agent["state"], agent["comment"]) == ("offline", "Set to offline by rackwatch.")
+
+
+# -- Testflinger: agent names in the path ------------------------------------------------------
+
+ODD_NAME = "a?b#c%2Fd\te\nf"
+
+
+async def test_an_agent_name_is_its_path_segment_decoded() -> None:
+    """An agent posting under an escaped "?", "#", "%2F", tab or newline is stored and served."""
+    lab = lab_of(Behaviour.PASS, testflinger_login=LOGIN, testflinger_role="agent")
+    async with running(lab) as (urls, session):
+        async with session.post(f"{urls.testflinger}v1/oauth2/token", headers=CREDENTIALS) as r:
+            bearer = {"Authorization": f"Bearer {(await r.json())['access_token']}"}
+        url = URL(f"{urls.testflinger}v1/agents/data/{quote(ODD_NAME, safe='')}", encoded=True)
+        async with session.post(url, json={"state": "waiting"}, headers=bearer) as response:
+            assert response.status == 200
+        async with session.get(url, headers=bearer) as response:
+            assert response.status == 200
+            record = await response.json()
+    assert record["name"] == ODD_NAME
+    assert ODD_NAME in lab.agents
+
+
+async def test_an_escaped_slash_in_an_agent_name_matches_no_route() -> None:
+    """As on the real server, which routes on the decoded path, "a%2Fb" is "Not found" as text."""
+    lab = lab_of(Behaviour.PASS)
+    lab.add_agent("a/b", queues=["a/b"])  # as if written around the API: it is listed
+    async with running(lab) as (urls, session):
+        async with session.get(f"{urls.testflinger}v1/agents/data") as response:
+            assert "a/b" in [agent["name"] for agent in await response.json()]
+        url = URL(f"{urls.testflinger}v1/agents/data/a%2Fb", encoded=True)
+        async with session.get(url) as response:
+            assert (response.status, response.content_type) == (404, "text/html")
+            assert (await response.text()).startswith("Not found: ")
+        async with session.post(url, json={"state": "waiting"}) as response:
+            assert response.status == 404

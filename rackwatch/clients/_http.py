@@ -6,6 +6,11 @@ twice is retried only after failures that leave the server untouched, and a 401 
 credentials for the next attempt. It returns the statuses the caller expects as a `Reply` and
 raises an `UpstreamError` for everything else. No aiohttp exception leaves this module.
 
+Every answer is read in chunks up to the body limit of its service (`BODY_LIMITS`), and reading
+stops once a body passes it; JSON nested deeper than `MAX_JSON_DEPTH` is refused. Either way the
+answer is an `UpstreamResponseError` of one line, so that a server that never ends its answer, or
+nests it without end, costs rackwatch a bounded amount of memory and never a traceback.
+
 `RetryPolicy` holds the retry presets of every client and command; `Pool` is what the clients
 of one process share: the session, the bound on requests in flight and a retry policy.
 """
@@ -41,6 +46,26 @@ RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 # The server (or the proxy's upstream) may have carried the request out before answering these.
 UNCERTAIN_STATUSES = frozenset({500, 502, 504})
 MAY_HAVE_HAPPENED = "it may have been carried out"
+
+KIB = 1024
+MIB = 1024 * KIB
+# The most of an answer's body rackwatch reads, by service; a longer answer is refused.
+BODY_LIMITS = {
+    # A rack of 1,000 machines at 64 KiB each. The simulated MAAS answers 1.5 KB a machine; a
+    # realistic machine (one NIC, one disk) is 7-9.5 KB, and one with bonded NICs and many
+    # disks 20-50 KB.
+    "maas": 64 * MIB,
+    # 10,000 agents at 3.3 KiB each (the simulated record is 213 bytes); it also bounds a job
+    # result with its provision output.
+    "testflinger": 32 * MIB,
+    # Slack answers "ok", Mattermost "ok" or a short JSON error.
+    "webhook": 64 * KIB,
+}
+# Of an answer whose status the caller did not ask for, only this much is read: its excerpt.
+ERROR_BODY_LIMIT = 64 * KIB
+READ_CHUNK_BYTES = 64 * KIB
+# A MAAS listing nests 8 levels deep (machine, interface, link, subnet, VLAN), Testflinger's 4.
+MAX_JSON_DEPTH = 64
 
 HeaderFactory = Callable[[], Awaitable[Mapping[str, str]]]
 Renewal = Callable[[], Awaitable[None]]
@@ -105,15 +130,24 @@ class Reply:
     what: str  # "testflinger GET /v1/result/<id>", for messages
 
     def json(self) -> Any:
+        """The body as JSON; UpstreamResponseError when it is not JSON or nests too deeply."""
         try:
-            return json.loads(self.body)
+            data = json.loads(self.body)
         except ValueError:
-            raise UpstreamResponseError(
-                self.what.split(" ", 1)[0],
-                f"{self.what} answered {self.status} with a body that is not JSON: "
-                f"{excerpt(self.body)}",
-                status=self.status,
-            ) from None
+            raise self._unreadable(f"a body that is not JSON: {excerpt(self.body)}") from None
+        except RecursionError:
+            data = None
+        else:
+            if not nests_deeper(data, MAX_JSON_DEPTH):
+                return data
+        raise self._unreadable(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+
+    def _unreadable(self, why: str) -> UpstreamResponseError:
+        return UpstreamResponseError(
+            self.what.split(" ", 1)[0],
+            f"{self.what} answered {self.status} with {why}",
+            status=self.status,
+        )
 
     def message(self) -> str:
         """The server's own words, from any of the error body shapes."""
@@ -138,6 +172,10 @@ class Http:
     With `redact_url`, the URL is itself a secret (a webhook's carries its token): messages name
     the service and the method but no path, and the URL, its path and its query are redacted from
     every answer quoted. With `follow_redirects` False, a redirect is an answer like any other.
+
+    An answer's body is read up to `body_limit` bytes (the service's `BODY_LIMITS` entry); a
+    longer one raises UpstreamResponseError, unless `needs_body` is False: a caller that wants
+    only the status gets the body cut at the limit.
     """
 
     def __init__(
@@ -150,8 +188,12 @@ class Http:
         secrets: Sequence[str] = (),
         redact_url: bool = False,
         follow_redirects: bool = True,
+        body_limit: int | None = None,
+        needs_body: bool = True,
     ) -> None:
         self.service = service
+        self._body_limit = BODY_LIMITS[service] if body_limit is None else body_limit
+        self._needs_body = needs_body
         self._session = pool.session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._limiter = pool.limiter
@@ -164,7 +206,7 @@ class Http:
     async def request(
         self,
         method: str,
-        url: str,
+        url: str | URL,
         *,
         expect: Collection[int] = (200,),
         params: Mapping[str, str] | None = None,
@@ -175,6 +217,7 @@ class Http:
     ) -> Reply:
         """Send one request, retried on transient failures; answer a status in `expect`.
 
+        `url` is sent as it is given: a `URL` built with `encoded=True` keeps its escapes.
         `headers` is called again for every attempt, so each attempt can be signed anew; what it
         or `renew` raises ends the request, as they retry on their own.
 
@@ -189,7 +232,8 @@ class Http:
         """
         what = f"{self.service} {method}"
         if not self._redact_url:
-            what += f" {URL(url).path}"
+            # As sent, escapes and all: a name's newline or "/" stays visible and on one line.
+            what += f" {(url if isinstance(url, URL) else URL(url)).raw_path}"
         # Most requests succeed at once, and a retry context costs more than the request: the
         # first attempt goes out bare, and its failure becomes the retry loop's first attempt.
         sent = await headers() if headers is not None else None
@@ -242,7 +286,7 @@ class Http:
     async def _once(
         self,
         method: str,
-        url: str,
+        url: str | URL,
         what: str,
         expect: Collection[int],
         params: Mapping[str, str] | None,
@@ -266,9 +310,9 @@ class Http:
                     allow_redirects=self._follow_redirects,
                 ) as response,
             ):
-                body = await response.read()
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                body = await self._read_body(response, what, wanted=status in expect)
         except TimeoutError as exc:
             # Only a connection that was never made is sure to have carried nothing.
             reached = not isinstance(exc, aiohttp.ConnectionTimeoutError)
@@ -284,8 +328,43 @@ class Http:
 
         if status in expect:
             return Reply(status, body, what)
-        said = self._redact(excerpt(body), url)
+        said = self._redact(excerpt(body), str(url))
         raise self._error(what, status, said, retry_after, idempotent)
+
+    async def _read_body(
+        self, response: aiohttp.ClientResponse, what: str, *, wanted: bool
+    ) -> bytes:
+        """The body, read in chunks up to the limit; past it, reading stops.
+
+        A `wanted` answer (its status is one the caller expects) longer than the body limit
+        raises UpstreamResponseError, unless the caller does not need its body: then, as of any
+        other answer, only its head is read (ERROR_BODY_LIMIT bytes of an unwanted one, for
+        its excerpt).
+        """
+        if not (wanted and self._needs_body):
+            limit = self._body_limit if wanted else min(self._body_limit, ERROR_BODY_LIMIT)
+            head = await read_head(response.content, limit)
+            if not response.content.at_eof():
+                response.close()  # drop the connection rather than read the rest
+            return head
+        declared = response.content_length
+        if declared is not None and declared > self._body_limit:
+            response.close()
+            raise self._too_large(what, response.status, f"its length is {declared:,} bytes")
+        body = await read_within(response.content, self._body_limit)
+        if body is None:
+            response.close()
+            raise self._too_large(what, response.status, "reading stopped there")
+        return body
+
+    def _too_large(self, what: str, status: int, why: str) -> UpstreamResponseError:
+        limit = format_size(self._body_limit)
+        return UpstreamResponseError(
+            self.service,
+            f"{what} answered {status} with a body over {limit}, the limit for {self.service}"
+            f" answers; {why}",
+            status=status,
+        )
 
     def _no_answer(self, message: str, *, uncertain: bool) -> UpstreamUnavailable:
         if uncertain:
@@ -327,6 +406,59 @@ class Http:
         return True
 
 
+async def read_within(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, read in chunks; None as soon as it passes `limit` bytes.
+
+    What was read is dropped then, and the rest is never read.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(READ_CHUNK_BYTES):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_head(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The first `limit` bytes of a body (all of it when shorter); the rest is left unread."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := await content.read(min(READ_CHUNK_BYTES, limit - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def nests_deeper(data: Any, limit: int) -> bool:
+    """Whether decoded JSON nests lists and objects more than `limit` levels deep.
+
+    Level by level rather than recursively, so that no depth can exhaust the stack.
+    """
+    level = [data] if isinstance(data, (dict, list)) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            item
+            for node in level
+            for item in (node.values() if isinstance(node, dict) else node)
+            if isinstance(item, (dict, list))
+        ]
+    return False
+
+
+def format_size(size: int) -> str:
+    """A byte count the way the limits are written: "64 MiB", "64 KiB", "512 bytes"."""
+    for unit, name in ((MIB, "MiB"), (KIB, "KiB")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit} {name}"
+    return f"{size:,} bytes"
+
+
 def without_url(text: str, url: str) -> str:
     """`text` without the URL, its path or its query, should a server or an error quote them."""
     parts = urlsplit(url)
@@ -365,9 +497,9 @@ def excerpt(body: bytes, limit: int = 200) -> str:
         return "(empty body)"
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
-    if isinstance(data, dict):
+    if isinstance(data, dict) and not nests_deeper(data, MAX_JSON_DEPTH):
         text = _describe_json_error(data)
     elif text.lstrip().startswith("<"):
         text = "an HTML page" + (f" ({title})" if (title := _html_title(text)) else "")

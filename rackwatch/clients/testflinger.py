@@ -1,4 +1,10 @@
-"""Testflinger: agents, job submission and search, results and cancellation, with optional login."""
+"""Testflinger: agents, job submission and search, results and cancellation, with optional login.
+
+Agent names and job ids go into request paths percent-encoded, one segment each, so that a name
+with "?", "#", "%", a tab or a newline reaches the agent it names. The server takes an agent's
+name from such a segment after decoding it, so no agent it serves has a name with "/" (or one
+that is empty, "." or ".."): such a record is reported as a name Testflinger cannot serve.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,10 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Unpack
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from rackwatch.clients._http import Http, Pool, Reply, RequestOptions
 from rackwatch.config import TestflingerSettings
@@ -36,6 +44,7 @@ class TestflingerClient:
             "testflinger", pool, timeout_s=settings.timeout.total_seconds(), secrets=[secret]
         )
         self._url = settings.url
+        self._base = str(URL(settings.url))  # already escaped, so that paths can be appended
         client_id = settings.client_id
         self._login = aiohttp.encode_basic_auth(client_id, secret) if client_id else None
         self._token: str | None = None
@@ -48,8 +57,17 @@ class TestflingerClient:
         return [parse_agent(item, reply.what) for item in _items(reply, "agents")]
 
     async def agent(self, name: str) -> Agent | None:
-        """One agent, or None when the server does not know it."""
-        reply = await self._call("GET", f"v1/agents/data/{name}", expect=(200, 404))
+        """One agent, or None when the server does not know it.
+
+        Raises:
+            UpstreamResponseError: a name that no URL segment can carry, so no agent can have.
+        """
+        if (why := why_unservable(name)) is not None:
+            raise UpstreamResponseError(
+                "testflinger", f"{name!r} is an agent name Testflinger cannot serve ({why})"
+            )
+        url_path = encode_path("v1", "agents", "data", name)
+        reply = await self._call("GET", url_path, expect=(200, 404))
         if reply.status == 404:
             return None
         return parse_agent(reply.json(), reply.what)
@@ -85,7 +103,7 @@ class TestflingerClient:
 
     async def job(self, job_id: str) -> JobDefinition | None:
         """What the job was submitted as, or None when the server has no such job."""
-        reply = await self._call("GET", f"v1/job/{job_id}", expect=(200, 204))
+        reply = await self._call("GET", encode_path("v1", "job", job_id), expect=(200, 204))
         if reply.status == 204:
             return None
         data = _record(reply, "job_queue")
@@ -97,7 +115,7 @@ class TestflingerClient:
     async def result(self, job_id: str) -> JobResult | None:
         """The job's state, phase statuses and provision output, or None when the server has
         no such job. A provision_output that is not text counts as none."""
-        reply = await self._call("GET", f"v1/result/{job_id}", expect=(200, 204))
+        reply = await self._call("GET", encode_path("v1", "result", job_id), expect=(200, 204))
         if reply.status == 204:
             return None
         data = _record(reply, "job_state")
@@ -113,7 +131,10 @@ class TestflingerClient:
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job; False when it had already ended (or never existed)."""
         reply = await self._call(
-            "POST", f"v1/job/{job_id}/action", json_body={"action": "cancel"}, expect=(200, 400)
+            "POST",
+            encode_path("v1", "job", job_id, "action"),
+            json_body={"action": "cancel"},
+            expect=(200, 400),
         )
         if reply.status == 400 and "already completed or cancelled" not in reply.message():
             raise UpstreamResponseError(
@@ -127,7 +148,8 @@ class TestflingerClient:
             await self._fresh_token(stale=self._token)
 
     async def _call(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Reply:
-        url = self._url + path
+        """Call `path`, whose segments `encode_path` escaped, relative to the server's URL."""
+        url = URL(self._base + path, encoded=True)
         if self._login is None:
             return await self._http.request(method, url, **options)
         sent: str | None = None  # the token of the latest attempt
@@ -170,6 +192,30 @@ class TestflingerClient:
             self._token = token
             self._token_expires = time.monotonic() + max(expires_in - TOKEN_MARGIN_S, 1.0)
             return token
+
+
+def encode_path(*segments: str) -> str:
+    """A request path of these segments, each percent-encoded whole, "/" included.
+
+    A segment "." or ".." has its dots escaped too, so that it is never taken for a step up.
+    """
+    return "/".join(
+        segment.replace(".", "%2E") if segment in (".", "..") else quote(segment, safe="")
+        for segment in segments
+    )
+
+
+def why_unservable(name: str) -> str | None:
+    """Why Testflinger cannot serve an agent of this name, or None when it can.
+
+    The server routes on the decoded path and takes the name from one segment of it, so a "/"
+    splits the name; clients and proxies resolve "." and ".." segments away.
+    """
+    if "/" in name:
+        return "the name holds a '/', which ends a URL segment"
+    if name in ("", ".", ".."):
+        return "no URL segment can name it"
+    return None
 
 
 def _items(reply: Reply, noun: str) -> list[Any]:

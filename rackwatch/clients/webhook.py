@@ -43,6 +43,9 @@ class WebhookClient:
             redact_url=True,
             # A redirect would turn the POST into a GET: better to say the URL needs fixing.
             follow_redirects=False,
+            # Only the status says whether the message was taken: a long answer is cut, not an
+            # error that would post the message again.
+            needs_body=False,
         )
 
     @property

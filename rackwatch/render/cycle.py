@@ -20,7 +20,15 @@ from rackwatch.health import rack_reading
 from rackwatch.jobs import Tally
 from rackwatch.model import Outcome
 from rackwatch.policy import format_age
-from rackwatch.render.table import duration, iso, rounded, skips, table, with_error_line
+from rackwatch.render.table import (
+    duration,
+    iso,
+    rounded,
+    skips,
+    table,
+    visible,
+    with_error_line,
+)
 
 COLUMNS = ("AGENT", "MACHINE", "OUTCOME", "JOB ID", "DURATION", "DETAIL")
 
@@ -82,7 +90,7 @@ def _rack_text(report: RackReport) -> str:
     if took is not None:
         header += f" in {format_age(took)}"
     if cycle.error:
-        header += f"\n  {cycle.error}"
+        header += f"\n  {visible(cycle.error)}"
     rows = [
         (
             check.agent,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from rackwatch.config import job_url
 from rackwatch.model import Silence
 from rackwatch.render.silence import silence_json, silence_text
-from rackwatch.render.table import duration, iso, plural, rounded, table, utc
+from rackwatch.render.table import duration, iso, plural, rounded, table, utc, visible
 from rackwatch.store import CheckRecord
 
 HISTORY_COLUMNS = ("TIME (UTC)", "RACK", "OUTCOME", "JOB ID", "PROVISION", "DURATION", "DETAIL")
@@ -49,13 +49,14 @@ def history_text(
     ]
     header = f"{agent}: the latest {plural(len(checks), 'check')}, newest first"
     columns, *lines = table(HISTORY_COLUMNS, rows).splitlines()
-    shown = [header]
+    shown = [visible(header)]
     if silence is not None:
-        shown.append(silence_text(silence) + (f" (rack {silence.rack})" if silence.rack else ""))
+        said = silence_text(silence) + (f" (rack {silence.rack})" if silence.rack else "")
+        shown.append(visible(said))
     shown.append(columns)
     for check, line in zip(checks, lines, strict=True):
         shown.append(line)
-        shown.extend(_under(check, web_base, full_log))
+        shown.extend(visible(under) for under in _under(check, web_base, full_log))
     return "\n".join(shown)
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rackwatch.model import Silence
-from rackwatch.render.table import iso, plural, table
+from rackwatch.render.table import iso, plural, table, visible
 from rackwatch.store import Silenced
 
 LIST_COLUMNS = ("SILENCED", "UNTIL (UTC)", "BY", "SINCE (UTC)", "REASON")
@@ -51,7 +51,7 @@ def silenced_text(made: Sequence[Silenced]) -> str:
         line = f"{what(done.silence)}: {silence_text(done.silence)}"
         for old in done.replaced:
             line += f" (replaces the silence until {minute(old.until)} by {old.by})"
-        lines.append(line)
+        lines.append(visible(line))
     return "\n".join(lines)
 
 
@@ -64,7 +64,7 @@ def unsilenced_text(ended: Sequence[Silence], still: Sequence[tuple[str, Silence
         for s in ended
     ]
     lines += [f"{agent}: still {silence_text(s)} (its rack's silence)" for agent, s in still]
-    return "\n".join(lines)
+    return "\n".join(visible(line) for line in lines)
 
 
 def silences_text(silences: Sequence[Silence]) -> str:

@@ -3,6 +3,9 @@
 A silenced rack has a line under its header, and each agent silenced on its own a line under
 the table ("r1-m2: silenced until 2026-12-08 20:31 UTC by alice: reflashing the BMC").
 
+The text takes a `Look`: with a width (a terminal's), every line fits in it, the tables cut
+and narrowed alike and the other lines wrapped; in colour, HEALTH and LAST OUTCOME are coloured.
+
 May import: `health` (to apply the slowdown rule it prints), `model`, `policy`, `status` (the
 read-model it renders), `store` (for its record types), `render.silence` and `render.table`.
 """
@@ -21,14 +24,22 @@ from rackwatch.model import Health, Outcome
 from rackwatch.policy import format_age
 from rackwatch.render.silence import silence_json, silence_text
 from rackwatch.render.table import (
+    PLAIN,
+    Layout,
+    Look,
     ago,
+    colour_of_health,
+    colour_of_outcome,
     duration,
+    fit,
     iso,
+    natural,
     plural,
     rounded,
     skips,
     table,
     with_error_line,
+    wrap,
 )
 from rackwatch.status import RackStatus
 from rackwatch.store import AgentState, CheckRecord, CycleRecord
@@ -48,14 +59,25 @@ STATUS_COLUMNS = (
 
 HEALTH_ORDER = (Health.HEALTHY, Health.UNHEALTHY, Health.EXCLUDED, Health.UNKNOWN)
 
+# How the tables narrow to a terminal's width: DETAIL is cut first, then HEALTH and AGENT, each
+# to the width named; then the columns least needed at a glance are left out, in this order
+# (--wide and --json have them); last the cut columns are cut down to their headings.
+_CUT_TO = {"DETAIL": 24, "HEALTH": 16, "AGENT": 16}
+_LEAVE_OUT = ("JOB IN FLIGHT", "PROVISION", "PASS RATE", "LAST PASSED", "WHEN", "FAILURES")
+_INDENT = "  "
+_COLOURS = {"HEALTH": colour_of_health, "LAST OUTCOME": colour_of_outcome}
 
-def status_text(racks: Sequence[RackStatus], now: datetime) -> str:
-    """A header, a table and drift per rack, then two summary lines."""
-    blocks = [_rack_text(rack, now) for rack in racks]
-    return "\n\n".join([*blocks, status_summary(racks)])
+
+def status_text(racks: Sequence[RackStatus], now: datetime, look: Look = PLAIN) -> str:
+    """A header, a table and drift per rack, then two summary lines.
+
+    With a `look.width`, every line fits in it: the tables share one layout `fit` to it (a
+    line under them says what was cut or left out), and the other lines are wrapped."""
+    summary = "\n".join(_wrapped(*status_summary(racks).splitlines(), look=look))
+    return "\n\n".join([*_racks_text(racks, now, look), summary])
 
 
-def unhealthy_text(racks: Sequence[RackStatus], now: datetime) -> str:
+def unhealthy_text(racks: Sequence[RackStatus], now: datetime, look: Look = PLAIN) -> str:
     """`status --unhealthy` for racks `needing_a_person` kept: first one line saying how much
     needs a person, since a Nagios check shows the first line, then the racks."""
     if not racks:
@@ -64,11 +86,57 @@ def unhealthy_text(racks: Sequence[RackStatus], now: datetime) -> str:
     incidents = sum(rack.incident is not None for rack in racks)
     counts = [plural(n, noun) for n, noun in ((agents, "agent"), (incidents, "rack incident")) if n]
     head = f"needs a person: {' and '.join(counts)}, in {plural(len(racks), 'rack')}"
-    blocks = [_rack_text(rack, now, none="  no agent needs a person") for rack in racks]
-    return "\n\n".join([head, *blocks])
+    blocks = _racks_text(racks, now, look, none="  no agent needs a person")
+    return "\n\n".join(["\n".join(_wrapped(head, look=look)), *blocks])
 
 
-def _rack_text(status: RackStatus, now: datetime, none: str = "  no agents recorded") -> str:
+def _racks_text(
+    racks: Sequence[RackStatus], now: datetime, look: Look, none: str = "  no agents recorded"
+) -> list[str]:
+    """A block per rack, then, when the tables were narrowed, a line that says how."""
+    rows = [[_agent_row(rack, state, now) for state in rack.agents] for rack in racks]
+    every_row = [row for rack_rows in rows for row in rack_rows]
+    if look.width is None:
+        layout = natural(STATUS_COLUMNS, every_row)
+    else:
+        layout = fit(
+            STATUS_COLUMNS,
+            every_row,
+            look.width,
+            indent=_INDENT,
+            cut_to=_CUT_TO,
+            leave_out=_LEAVE_OUT,
+        )
+    blocks = [
+        _rack_text(rack, now, rack_rows, layout, look, none)
+        for rack, rack_rows in zip(racks, rows, strict=True)
+    ]
+    said = _narrowed(layout, look.width) if look.width else ""
+    return blocks + (["\n".join(_wrapped(said, look=look))] if said else [])
+
+
+def _narrowed(layout: Layout, width: int) -> str:
+    """What was done to fit the tables in `width` columns; "" when nothing was."""
+    done = ["… ends what is cut short"] if layout.is_cut else []
+    done += [f"left out: {', '.join(layout.left_out)}"] if layout.left_out else []
+    if not done:
+        return ""
+    return f"fitted to {width} columns ({'; '.join(done)}): status --wide shows everything"
+
+
+def _wrapped(*lines: str, look: Look) -> list[str]:
+    """The `lines` wrapped to `look.width`; a line feed in one shows as an escape, as in a cell."""
+    return [wrapped for line in lines for wrapped in wrap(line, look.width)]
+
+
+def _rack_text(
+    status: RackStatus,
+    now: datetime,
+    rows: Sequence[Sequence[str]],
+    layout: Layout,
+    look: Look,
+    none: str,
+) -> str:
     cycle = status.last_cycle
     lines = [
         f"{status.rack}: {_cycle_text(cycle, status.reading, now)};"
@@ -81,15 +149,19 @@ def _rack_text(status: RackStatus, now: datetime, none: str = "  no agents recor
         lines.append(f"  ⚠ rack incident for {opened}: {status.incident.reason}")
     if status.silence is not None:
         lines.append(f"  rack {silence_text(status.silence)}")
-    rows = [_agent_row(status, state, now) for state in status.agents]
-    lines.append(table(STATUS_COLUMNS, rows, indent="  ") if rows else none)
-    lines.extend(
+    under = [
         f"  {state.agent}: {silence_text(silence)}"
         for state in status.agents
         if (silence := status.silenced.get(state.agent)) is not None and silence.agent is not None
+    ]
+    colours = _COLOURS if look.colour else None
+    return "\n".join(
+        [
+            *_wrapped(*lines, look=look),
+            table(STATUS_COLUMNS, rows, _INDENT, layout=layout, colours=colours) if rows else none,
+            *_wrapped(*under, *_drift_lines(status, now), look=look),
+        ]
     )
-    lines.extend(_drift_lines(status, now))
-    return "\n".join(lines)
 
 
 def _agent_row(status: RackStatus, state: AgentState, now: datetime) -> tuple[str, ...]:

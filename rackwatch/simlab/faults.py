@@ -3,7 +3,9 @@
 A fault replaces the normal answer to matching requests (SLOW and LATE delay it instead) for a given
 number of requests, or for a seeded random fraction of them. The answers imitate what sits in front
 of the real services: a 503 with Retry-After, a framework's HTML error page, a body cut off mid-way.
-LATE imitates a server that carries a request out after the client has given up on it.
+LATE imitates a server that carries a request out after the client has given up on it. ENDLESS,
+HUGE and DEEP are answers no client should read whole, and ECHO_HEADERS a debugging error page
+that shows the request's credentials back to it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,21 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 SERVICES = ("maas", "testflinger")
+
+# What ENDLESS and HUGE answers are made of: a list of agent- and machine-like records.
+_FILLER_RECORD = (
+    '{"name": "filler", "hostname": "filler", "system_id": "fi11er", "state": "waiting", '
+    f'"comment": "{"x" * 900}"}}, '
+)
+_FILLER = (_FILLER_RECORD * (64 * 1024 // len(_FILLER_RECORD))).encode()
+_HUGE_HEAD, _HUGE_TAIL = b"[", b"{}]"
 
 
 class FaultKind(StrEnum):
@@ -29,6 +40,10 @@ class FaultKind(StrEnum):
     LATE = "late"  # carried out after `delay` seconds even if the client has left, then answered
     MALFORMED = "malformed"  # 200 application/json whose body is not JSON
     CONFLICT = "conflict"  # 409 with Retry-After (MAAS's database serialisation conflict)
+    ENDLESS = "endless"  # 200 application/json, chunked: a JSON list that never ends
+    HUGE = "huge"  # 200 application/json: a JSON list of `size` bytes, with its Content-Length
+    DEEP = "deep"  # 200 application/json: lists nested `depth` deep
+    ECHO_HEADERS = "echo_headers"  # `status`, text/plain: the request line and headers, echoed
 
 
 @dataclass
@@ -40,7 +55,8 @@ class Fault:
     `ratio` is the fraction of matching requests the fault hits, drawn from a `random.Random(seed)`
     of its own so that a run repeats; only hits count against `times`. With `serial`, a SLOW or
     LATE fault carries matching requests out one at a time: each waits for the one before it to
-    finish, then for its own `delay`.
+    finish, then for its own `delay`. `size` is the length of a HUGE body in bytes, `depth` the
+    nesting of a DEEP one, and `status` the status of an ECHO_HEADERS page.
     """
 
     kind: FaultKind
@@ -53,6 +69,9 @@ class Fault:
     serial: bool = False
     ratio: float = 1.0
     seed: int = 0
+    size: int = 400 * 1024 * 1024
+    depth: int = 200_000
+    status: int = 400
     _draws: random.Random = field(init=False, repr=False, compare=False)
     _turns: asyncio.Lock = field(init=False, repr=False, compare=False)
 
@@ -65,6 +84,8 @@ class Fault:
             raise ValueError(f"ratio must be above 0 and at most 1, not {self.ratio!r}")
         if self.serial and self.kind not in (FaultKind.SLOW, FaultKind.LATE):
             raise ValueError("only SLOW and LATE faults can be serial")
+        if self.size < len(_HUGE_HEAD + _HUGE_TAIL) or self.depth < 1:
+            raise ValueError("a HUGE body needs at least 3 bytes, a DEEP one a depth of 1")
         self._draws = random.Random(self.seed)  # noqa: S311 - a repeatable simulation, no secret
         self._turns = asyncio.Lock()
 
@@ -120,8 +141,21 @@ _TRUNCATED = {
 }
 
 
-def fault_response(fault: Fault) -> web.Response | None:
+async def fault_response(fault: Fault, request: web.Request) -> web.StreamResponse | None:
     """The answer a fault gives instead of the normal one; None when it only delays (SLOW, LATE)."""
+    match fault.kind:
+        case FaultKind.ENDLESS | FaultKind.HUGE:
+            return await _stream_filler(fault, request)
+        case FaultKind.DEEP:
+            body = b"[" * fault.depth + b"]" * fault.depth
+            return web.Response(body=body, content_type="application/json")
+        case FaultKind.ECHO_HEADERS:
+            return _echo_headers(fault.status, request)
+        case _:
+            return _canned_response(fault)
+
+
+def _canned_response(fault: Fault) -> web.Response | None:
     headers = {}
     if fault.retry_after is not None:
         headers["Retry-After"] = f"{fault.retry_after:g}"
@@ -141,8 +175,45 @@ def fault_response(fault: Fault) -> web.Response | None:
             return web.Response(status=500, text=page, content_type="text/html")
         case FaultKind.MALFORMED:
             return web.Response(text=_TRUNCATED[fault.service], content_type="application/json")
-        case FaultKind.SLOW | FaultKind.LATE:
+        case _:
             return None
+
+
+async def _stream_filler(fault: Fault, request: web.Request) -> web.StreamResponse:
+    """A JSON list of filler records: `fault.size` bytes for HUGE, without end for ENDLESS.
+
+    It is written a block at a time, as fast as the client reads, until the client leaves.
+    """
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    left: int | None = None
+    if fault.kind is FaultKind.HUGE:
+        response.content_length = fault.size
+        left = fault.size - len(_HUGE_HEAD) - len(_HUGE_TAIL)
+    else:
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        await response.write(_HUGE_HEAD)
+        while left is None or left >= len(_FILLER):
+            await response.write(_FILLER)
+            if left is not None:
+                left -= len(_FILLER)
+        await response.write(b" " * left + _HUGE_TAIL)  # JSON allows the padding
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client stopped reading and left
+    return response
+
+
+def _echo_headers(status: int, request: web.Request) -> web.Response:
+    """A debugging error page that shows the request back, its Authorization header included."""
+    lines = [
+        f"{status} {HTTPStatus(status).phrase}",
+        "The server could not handle this request:",
+        f"{request.method} {request.path_qs} HTTP/{request.version.major}.{request.version.minor}",
+        *(f"{name}: {value}" for name, value in request.headers.items()),
+    ]
+    return web.Response(status=status, text="\n".join(lines) + "\n")
 
 
 async def _delayed(fault: Fault, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -181,7 +252,7 @@ def lab_middleware(
             fault.times -= 1
             if fault.times == 0:
                 faults.remove(fault)
-        response = fault_response(fault)
+        response = await fault_response(fault, request)
         if response is not None:
             return response
         if fault.kind is not FaultKind.LATE:

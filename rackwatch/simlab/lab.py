@@ -72,7 +72,8 @@ class Lab(AgentFleet):
     Each agent serves a queue named after itself plus the rack's shared queue "<rack>-any", except
     SHARED_QUEUE agents, whose only queue "<rack>-shared" is also served by one ordinary agent of
     the rack. `extra_agents` are racks that exist only in Testflinger (agents with no MAAS machine
-    or tag); `extra_tags` are MAAS tags on no machine.
+    or tag); `extra_tags` are MAAS tags on no machine. A machine's own `tags` list it under those
+    tags too: with another rack's name, one machine (and its one agent) is in two racks.
 
     Inspection for tests: `requests` counts requests by method and route template, faulted ones
     included (e.g. "GET /v1/agents/data", "GET /v1/agents/data/{agent_name}", "POST /v1/job",
@@ -133,6 +134,7 @@ class Lab(AgentFleet):
             self.maas_tags.add(rack.name)
             for machine in rack.machines:
                 self._add_machine(rack, machine)
+                self.maas_tags.update(machine.tags)
         for rack in [*self.racks, *extra_agents]:
             self._add_agents(rack)
 

@@ -285,7 +285,7 @@ class MaasApi:
             "owner_data": {},
             "workload_annotations": {},
             "locked": False,
-            "tag_names": [lab.machine_rack[machine.hostname]],
+            "tag_names": tags_of(lab, machine),
             "zone": {
                 "name": "default",
                 "description": "",
@@ -338,8 +338,14 @@ def _split(values: list[str]) -> list[str]:
     return [item for value in values for item in re.split(r"[,\s]+", value) if item]
 
 
+def tags_of(lab: MaasInventory, machine: SimMachine) -> list[str]:
+    """A machine's MAAS tags: its rack's, then any others it carries (another rack's, say)."""
+    rack = lab.machine_rack[machine.hostname]
+    return [rack, *(tag for tag in dict.fromkeys(machine.tags) if tag != rack)]
+
+
 def _selected(lab: MaasInventory, machine: SimMachine, wanted: dict[str, list[str]]) -> bool:
-    tags = {lab.machine_rack[machine.hostname]}
+    tags = set(tags_of(lab, machine))
     label = _STATUS_LABELS[MAAS_STATUSES.index(machine.maas_status)]
     system_id = lab.system_ids[machine.hostname]
     return (

@@ -55,6 +55,7 @@ class SimMachine:
     behaviour: Behaviour | None = Behaviour.PASS
     maas_status: str = "Deployed"  # MAAS status_name
     agent_name: str | None = None  # defaults to the hostname
+    tags: tuple[str, ...] = ()  # MAAS tags besides its rack's, e.g. another rack's
 
 
 @dataclass
@@ -163,7 +164,7 @@ class MaasInventory(Protocol):
     maas_api_key: str  # consumer_key:token_key:token_secret
     maas_tags: set[str]
     machines: list[SimMachine]
-    machine_rack: dict[str, str]  # the rack, and so the one tag, of each machine
+    machine_rack: dict[str, str]  # the rack, and so the first tag, of each machine
     system_ids: dict[str, str]
     ip_addresses: dict[str, str]
 
