@@ -152,8 +152,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(as_text(story.reports))
         print()
         print(explain_outcomes())
+    # Under `uv run` (which says so in $UV_RUN_RECURSION_DEPTH) the shell has no rackwatch.
+    program = (
+        "python3 -m uv run rackwatch" if "UV_RUN_RECURSION_DEPTH" in os.environ else "rackwatch"
+    )
     explore = explore_text(
-        story.directory, story.config, story.history_agent, web="web" in HANDLERS
+        story.directory, story.config, story.history_agent, web="web" in HANDLERS, program=program
     )
     print(f"\n{explore}", file=story_out)
     for step in story.missing:

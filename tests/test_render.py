@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from rackwatch.check import RackReport
 from rackwatch.jobs import Tally
 from rackwatch.model import AgentHealth, Health, Outcome, Silence
 from rackwatch.render.cycle import as_json, as_text, progress_line
+from rackwatch.render.demo import explore_text
 from rackwatch.render.history import history_text
 from rackwatch.render.silence import silences_text
 from rackwatch.render.status import STATUS_COLUMNS, status_text
@@ -353,3 +355,16 @@ def test_widths_count_columns_shown_not_characters_or_codes() -> None:
         "機械  x",
         "ab    y",
     ]
+
+
+def test_the_demo_names_its_commands_as_the_reader_runs_rackwatch() -> None:
+    """After a demo under `uv run`, the commands to explore it go through uv as well."""
+    text = explore_text(
+        Path("/srv/demo"),
+        Path("/srv/demo/rackwatch.toml"),
+        "m1",
+        web=False,
+        program="python3 -m uv run rackwatch",
+    )
+    assert "  python3 -m uv run rackwatch status --config /srv/demo/rackwatch.toml\n" in text
+    assert "  python3 -m uv run rackwatch history m1 --config /srv/demo/rackwatch.toml\n" in text

@@ -71,16 +71,22 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def explore_text(directory: Path, config: Path, agent: str, *, web: bool) -> str:
-    """Where the demo's files stay, and the commands that read them (`web` too, if at hand)."""
+def explore_text(
+    directory: Path, config: Path, agent: str, *, web: bool, program: str = "rackwatch"
+) -> str:
+    """Where the demo's files stay, and the commands that read them (`web` too, if at hand).
+
+    `program` is how the reader runs rackwatch: "python3 -m uv run rackwatch" after a demo
+    started that way, where no `rackwatch` is on the shell's PATH.
+    """
     option = f"--config {shlex.quote(str(config))}"
     commands = [
-        f"rackwatch status {option}",
-        f"rackwatch history {shlex.quote(agent)} {option}",
-        f"rackwatch silence --list {option}",
+        f"{program} status {option}",
+        f"{program} history {shlex.quote(agent)} {option}",
+        f"{program} silence --list {option}",
     ]
     if web:
-        commands.append(f"rackwatch web {option}")
+        commands.append(f"{program} web {option}")
     return (
         f"The demo's configuration and state file stay in {directory}. Explore them (the"
         " simulated lab is gone, and these need none of it):\n"
