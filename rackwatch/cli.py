@@ -30,7 +30,14 @@ from rackwatch.config import (
     load_state_settings,
     parse_duration,
 )
-from rackwatch.errors import ConfigError, RackHeldError, StoreError, UpstreamError, UsageError
+from rackwatch.errors import (
+    ConfigError,
+    RackHeldError,
+    StateFileUnreadable,
+    StoreError,
+    UpstreamError,
+    UsageError,
+)
 from rackwatch.exits import ExitCode, of_cycle
 from rackwatch.model import utc_now
 from rackwatch.preflight import try_services
@@ -43,6 +50,7 @@ from rackwatch.render.status import status_json, status_text, unhealthy_text
 from rackwatch.render.table import Look, plural, utc
 from rackwatch.status import build_status, needing_a_person
 from rackwatch.store import Store
+from rackwatch.store import exists as store_exists
 from rackwatch.terminal import Screen, look_of
 
 
@@ -55,8 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"configuration error: {exc}", ExitCode.CONFIG)
     except UsageError as exc:
         return _fail(str(exc), ExitCode.USAGE)
+    except StateFileUnreadable as exc:
+        return _fail(str(exc), ExitCode.NOINPUT)
     except StoreError as exc:
-        return _fail(f"state file: {exc}", ExitCode.CANTCREAT)
+        text = str(exc)
+        return _fail(
+            text if text.startswith("state file") else f"state file: {text}", ExitCode.CANTCREAT
+        )
     except RackHeldError as exc:
         return _fail(f"{exc}; try again later, or use --wait", ExitCode.TEMPFAIL)
     return code
@@ -200,7 +213,7 @@ def _status_view(
     Raises StoreError when the state file cannot be read."""
     state_file = settings.state_file
     now = utc_now()
-    if not state_file.exists():
+    if not store_exists(state_file):
         racks = build_status(None, settings.racks, settings.schedule, now, named=named)
         if not args.json:
             return f"no checks recorded yet: {state_file} does not exist", ExitCode.OK
@@ -242,7 +255,7 @@ def _watch_status(args: argparse.Namespace, settings: StateSettings, named: list
 def cmd_history(args: argparse.Namespace) -> int:
     settings = load_state_settings(args.config)
     state_file = settings.state_file
-    if not state_file.exists():
+    if not store_exists(state_file):
         return _fail(f"no checks recorded yet: {state_file} does not exist", ExitCode.FAILURE)
     try:
         with Store.open_readonly(state_file) as store:
@@ -304,7 +317,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
         length=None if args.length is None else _duration(args.length),
         until=None if args.until is None else silences.parse_time(args.until),
     )
-    if not state_file.exists():
+    if not store_exists(state_file):
         return _no_state_file(state_file)
     with Store.open(state_file) as store:
         checked, recorded = store.recorded_agents(agents), store.racks()
@@ -325,7 +338,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
 def cmd_unsilence(args: argparse.Namespace) -> int:
     settings = load_state_settings(args.config)
     agents, racks = _targets(args, "unsilence")
-    if not settings.state_file.exists():
+    if not store_exists(settings.state_file):
         return _no_state_file(settings.state_file)
     now = utc_now()
     with Store.open(settings.state_file) as store:
@@ -375,7 +388,7 @@ def _user() -> str:
 
 def _list_silences(state_file: Path, *, as_json: bool) -> int:
     found = []
-    if state_file.exists():
+    if store_exists(state_file):
         try:
             with Store.open_readonly(state_file) as store:
                 found = store.silences_in_force(utc_now())

@@ -23,6 +23,7 @@ and a STATUS= line.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -99,6 +100,7 @@ class Daemon:
         self._limiter = asyncio.Semaphore(settings.check.concurrency)
         self._locks = RackLocks(settings.state_file, "run")
         self._cycles: dict[str, asyncio.Task[None]] = {}
+        self._skipped: dict[str, str] = {}  # the reason each rack's firings are skipped for
         self._waiting: set[str] = set()  # racks whose cycle waits for another process to let go
         self._last: dict[str, RackReport] = {}
         self._stop = asyncio.Event()
@@ -197,16 +199,24 @@ class Daemon:
         if self._stop.is_set():
             return
         if rack in self._waiting:
-            log.info("cycle.skipped", rack=rack, reason="still waiting for another rackwatch")
+            self._skip(rack, "still waiting for another rackwatch", logging.INFO)
             return
         if rack in self._cycles:
-            log.warning("cycle.skipped", rack=rack, reason="the previous cycle is still running")
+            self._skip(rack, "the previous cycle is still running", logging.WARNING)
             return
+        self._skipped.pop(rack, None)
         assert self._clients is not None
         cycle = self._cycle(rack, self.settings, self._clients)
         task = asyncio.create_task(cycle, name=f"cycle {rack}")
         self._cycles[rack] = task
         task.add_done_callback(lambda _: self._cycles.pop(rack, None))
+
+    def _skip(self, rack: str, reason: str, level: int) -> None:
+        """Log a skipped firing once for as long as the reason stays the same."""
+        if self._skipped.get(rack) == reason:
+            return
+        self._skipped[rack] = reason
+        log.log(level, "cycle.skipped", rack=rack, reason=reason)
 
     async def _cycle(self, rack: str, settings: Settings, clients: Clients) -> None:
         """One cycle of the rack, holding its lock from before the first request to the end."""

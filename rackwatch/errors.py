@@ -10,6 +10,7 @@
     │   ├── UpstreamResponseError another 4xx or an answer we cannot read: a bug or API drift
     │   └── UnknownRackError      MAAS has no tag of that name
     ├── StoreError              the state file cannot be opened or written
+    │   └── StateFileUnreadable   the state file cannot be read (permissions) → exit 66
     └── RackHeldError           another rackwatch process is checking the rack → exit 75
 
 Messages never carry a secret: upstream bodies are quoted only after `redact`, and the bodies
@@ -33,6 +34,10 @@ class UsageError(RackwatchError):
 
 class StoreError(RackwatchError):
     """The state file cannot be opened, migrated or written."""
+
+
+class StateFileUnreadable(StoreError):
+    """The state file, or the directory it is in, may not be read by this user."""
 
 
 class UpstreamError(RackwatchError):

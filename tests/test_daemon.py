@@ -219,8 +219,9 @@ async def test_the_daemon_waits_for_a_rack_another_process_holds(daemon: Daemon)
     [held] = [e for e in events if e["event"] == "rack.held"]
     assert held["rack"] == "r1" and held["holder"] == lease.holder
     assert f"pid {os.getpid()}, rackwatch run-once" in str(held["holder"])
-    skipped = [e for e in events if e["event"] == "cycle.skipped"]
-    assert skipped and all(e["reason"] == "still waiting for another rackwatch" for e in skipped)
+    # The schedule fired twice or more while the rack was held: said once, not each time.
+    [skipped] = [e for e in events if e["event"] == "cycle.skipped"]
+    assert skipped["reason"] == "still waiting for another rackwatch"
     assert [e["event"] for e in events].count("rack.freed") == 1
     with closing(sqlite3.connect(f"file:{daemon.state_file}?mode=ro", uri=True)) as db:
         [(first,)] = db.execute("SELECT min(started_at) FROM cycles WHERE rack = 'r1'").fetchall()

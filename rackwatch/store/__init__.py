@@ -22,7 +22,7 @@ queries of one concern, and `Store` inherits them all, so they share its one con
 
 from __future__ import annotations
 
-from rackwatch.store._db import MIGRATIONS
+from rackwatch.store._db import MIGRATIONS, exists
 from rackwatch.store.cycles import Cycles
 from rackwatch.store.health import HealthRecords
 from rackwatch.store.outbox import Outbox
@@ -49,6 +49,7 @@ __all__ = [
     "AgentTrend",
     "Silenced",
     "MIGRATIONS",
+    "exists",
 ]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from rackwatch.errors import StoreError
+from rackwatch.errors import StateFileUnreadable, StoreError
 
 # Step N (counting from 1) brings a database from `user_version` N-1 to N. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -186,15 +186,27 @@ class Database:
 
     @classmethod
     def open_readonly(cls, path: Path) -> Self:
-        """Open an existing state file for reading only, while a daemon may be writing it."""
-        if not path.is_file():
+        """Open an existing state file for reading only, while a daemon may be writing it.
+
+        In a directory this user may not write (a copy on read-only media, say), SQLite cannot
+        make the file's shared-memory index: the file is then read as immutable, as it is now.
+        """
+        if not exists(path):
             raise StoreError(f"state file {path}: no such file")
         if not os.access(path, os.R_OK):
-            raise StoreError(f"state file {path}: permission denied")
-        conn = _connect(f"{path.resolve().as_uri()}?mode=ro", path, uri=True)
+            raise _unreadable(path)
+        uri = path.resolve().as_uri()
+        conn = _connect(f"{uri}?mode=ro", path, uri=True)
         try:
             with _mapped(path):
-                version = user_version(conn)
+                try:
+                    version = _known_version(conn, path)
+                except sqlite3.OperationalError:
+                    if os.access(path.parent, os.W_OK):
+                        raise
+                    conn.close()
+                    conn = _connect(f"{uri}?mode=ro&immutable=1", path, uri=True)
+                    version = _known_version(conn, path)
         except StoreError:
             conn.close()
             raise
@@ -262,7 +274,7 @@ class Database:
 
 def migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[str] = MIGRATIONS) -> None:
     """Apply the steps the database lacks, each in its own transaction with its version bump."""
-    version = user_version(conn)
+    version = _known_version(conn, path)
     if version > len(migrations):
         raise _newer(path, version, len(migrations))
     for number, sql in enumerate(migrations[version:], start=version + 1):
@@ -281,9 +293,32 @@ def migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[str] = MI
             ) from exc
 
 
+def exists(path: Path) -> bool:
+    """Whether the state file is there; StateFileUnreadable when this user may not look."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        raise _unreadable(path) from None
+
+
+def _unreadable(path: Path) -> StateFileUnreadable:
+    return StateFileUnreadable(
+        f"state file {path}: permission denied; run this with sudo, or as a user of a group"
+        f" that may read {path.parent}"
+    )
+
+
 def user_version(conn: sqlite3.Connection) -> int:
     """The schema version of the database: how many steps of MIGRATIONS it has."""
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _known_version(conn: sqlite3.Connection, path: Path) -> int:
+    """`user_version`, refusing one that no rackwatch writes (below zero)."""
+    version = user_version(conn)
+    if version < 0:
+        raise StoreError(f"state file {path}: schema {version} is not one rackwatch writes")
     return version
 
 
