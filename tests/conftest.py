@@ -1,9 +1,10 @@
-"""Fixtures shared by the tests: a clean environment, retries without waits on request, a served
-simulated lab (`served`) and a daemon ready to start against one (`daemon`)."""
+"""Fixtures shared by the tests: a clean environment and logging, retries without waits on
+request, a served simulated lab (`served`) and a daemon ready to start against one (`daemon`)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import stamina
+import structlog
 
 from rackwatch.simlab import Behaviour, Lab, SimMachine, SimRack
 from tests.harness import Daemon, Harness, LabFactory, Notifications
@@ -27,6 +29,21 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("RACKWATCH_") or name in _ENV_NAMES:
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Put structlog and the root logger back as they were after each test.
+
+    `logs.configure` changes both, and a command run in-process (`cli.main`) configures them
+    with the test's captured stderr, which is closed once the test ends.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -22,17 +22,6 @@ from rackwatch import journald, logs
 SECRET = "s3cr3t-value"
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """Put structlog and the root logger back as they were, since `configure` changes both."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 @dataclass
 class Journal:
     """A datagram socket standing in for /run/systemd/journal/socket."""
