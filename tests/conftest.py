@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 import stamina
 import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from rackwatch.simlab import Behaviour, Lab, SimMachine, SimRack
-from tests.harness import Daemon, Harness, LabFactory, Notifications
+from tests.harness import TOKEN, Daemon, Harness, LabFactory, Notifications, Receiver
 
 # Settings built in code ignore the environment, but load_settings does not: keep a developer's
 # shell and systemd credentials out of every test.
@@ -100,3 +102,16 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
                 d.process.kill()
                 await d.process.wait()
         asyncio.get_running_loop().remove_reader(sock.fileno())
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    hook = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks/{token:.+}", hook.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    hook.url = str(server.make_url(f"/hooks/{TOKEN}"))
+    yield hook
+    hook.release.set()
+    await server.close()

@@ -1,5 +1,6 @@
 """What the tests share: a served simulated lab to run cycles on, rackwatch as a process,
-and the daemon with a notify socket of the test's own. The fixtures are in conftest.py."""
+the daemon with a notify socket of the test's own, and a webhook that records what it is
+sent. The fixtures are in conftest.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from rackwatch.check import RackReport, run_cycle
 from rackwatch.clients import RetryPolicy, connect
@@ -232,3 +235,39 @@ async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(20):
         while not condition():  # noqa: ASYNC110 - polling the effects of another process or the lab
             await asyncio.sleep(0.05)
+
+
+# The webhook's token in the receiver's URL, which must appear in no output or log.
+TOKEN = "T0001/B0002/xoxb-a-long-webhook-token-0123456789"
+
+
+@dataclass
+class Receiver:
+    """An incoming webhook on 127.0.0.1 that records what it accepts and fails on request."""
+
+    url: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)  # accepted, in order
+    requests: int = 0
+    fail: list[int] = field(default_factory=list)  # statuses to answer next, one per request
+    refuse: Callable[[dict[str, Any]], bool] = lambda payload: False  # answered 400
+    hang: bool = False  # hold every request until the test ends
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != TOKEN:
+            return web.Response(status=404, text="no such hook")
+        self.requests += 1
+        payload = await request.json()
+        if self.hang:
+            await self.release.wait()
+        if self.fail:
+            # A careless server echoes the URL it was called on: it must not reach us unredacted.
+            return web.Response(status=self.fail.pop(0), text=f"failing on purpose: {request.url}")
+        if self.refuse(payload):
+            return web.json_response({"message": "invalid payload"}, status=400)
+        self.messages.append(payload)
+        return web.Response(text="ok")
+
+    def kinds(self) -> list[list[tuple[str, str | None]]]:
+        """Each accepted message as (kind, agent) pairs."""
+        return [[(e["kind"], e["agent"]) for e in m["events"]] for m in self.messages]

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -26,9 +22,11 @@ from rackwatch.simlab import Behaviour, Lab, SimMachine, SimRack
 from rackwatch.store import Store
 from tests.harness import (
     FAST_RETRY,
+    TOKEN,
     Daemon,
     Harness,
     LabFactory,
+    Receiver,
     rack,
     rackwatch,
     until,
@@ -36,55 +34,9 @@ from tests.harness import (
 )
 
 B = Behaviour
-TOKEN = "T0001/B0002/xoxb-a-long-webhook-token-0123456789"
 TF = "https://testflinger.example.com/"
 FAST = replace(FAST_RETRY, attempts=2)  # the request counts below are two attempts per alert
 NOW = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
-
-
-@dataclass
-class Receiver:
-    """An incoming webhook on 127.0.0.1 that records what it accepts and fails on request."""
-
-    url: str = ""
-    messages: list[dict[str, Any]] = field(default_factory=list)  # accepted, in order
-    requests: int = 0
-    fail: list[int] = field(default_factory=list)  # statuses to answer next, one per request
-    refuse: Callable[[dict[str, Any]], bool] = lambda payload: False  # answered 400
-    hang: bool = False  # hold every request until the test ends
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        if request.match_info["token"] != TOKEN:
-            return web.Response(status=404, text="no such hook")
-        self.requests += 1
-        payload = await request.json()
-        if self.hang:
-            await self.release.wait()
-        if self.fail:
-            # A careless server echoes the URL it was called on: it must not reach us unredacted.
-            return web.Response(status=self.fail.pop(0), text=f"failing on purpose: {request.url}")
-        if self.refuse(payload):
-            return web.json_response({"message": "invalid payload"}, status=400)
-        self.messages.append(payload)
-        return web.Response(text="ok")
-
-    def kinds(self) -> list[list[tuple[str, str | None]]]:
-        """Each accepted message as (kind, agent) pairs."""
-        return [[(e["kind"], e["agent"]) for e in m["events"]] for m in self.messages]
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    hook = Receiver()
-    app = web.Application()
-    app.router.add_post("/hooks/{token:.+}", hook.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    hook.url = str(server.make_url(f"/hooks/{TOKEN}"))
-    yield hook
-    hook.release.set()
-    await server.close()
 
 
 async def deliver(
@@ -494,16 +446,26 @@ async def test_alerts_test_without_a_webhook_exits_78(tmp_path: Path) -> None:
     assert "alerts.webhook_url is not set" in done.err
 
 
-async def test_run_once_delivers_the_alert_of_its_cycle(tmp_path: Path, receiver: Receiver) -> None:
-    """run-once sends its cycle's alert before it exits; nothing is left in the outbox."""
-    lab = Lab(
+def one_failing_agent() -> Lab:
+    """A rack of two machines: r1-m1 fails its provisioning, r1-m2 passes."""
+    return Lab(
         [SimRack("r1", [SimMachine("r1-m1", B.FAIL), SimMachine("r1-m2", B.PASS)])],
         provision_seconds=0.3,
         pickup_seconds=0.05,
     )
+
+
+def alerting_at_once(receiver: Receiver) -> str:
+    """Configuration that makes one failure unhealthy and announces it to `receiver`."""
+    return f'[health]\nfailures_to_unhealthy = 1\n[alerts]\nwebhook_url = "{receiver.url}"'
+
+
+async def test_run_once_delivers_the_alert_of_its_cycle(tmp_path: Path, receiver: Receiver) -> None:
+    """run-once sends its cycle's alert before it exits; nothing is left in the outbox."""
+    lab = one_failing_agent()
     async with lab.serve() as urls:
         state_file = tmp_path / "state.db"
-        extra = f'[health]\nfailures_to_unhealthy = 1\n[alerts]\nwebhook_url = "{receiver.url}"'
+        extra = alerting_at_once(receiver)
         config = write_config(tmp_path / "rw.toml", lab, urls, state_file, extra)
         done = await rackwatch("run-once", "--config", str(config), "--log-format", "json")
     assert done.code == 1, done.err  # r1-m1 failed its check
@@ -516,14 +478,10 @@ async def test_the_alert_of_a_failed_agent_names_why_and_links_under_web_url(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     """The unhealthy event carries its log's error line, and its job's page under web_url."""
-    lab = Lab(
-        [SimRack("r1", [SimMachine("r1-m1", B.FAIL), SimMachine("r1-m2", B.PASS)])],
-        provision_seconds=0.3,
-        pickup_seconds=0.05,
-    )
+    lab = one_failing_agent()
     async with lab.serve() as urls:
         state_file = tmp_path / "state.db"
-        extra = f'[health]\nfailures_to_unhealthy = 1\n[alerts]\nwebhook_url = "{receiver.url}"'
+        extra = alerting_at_once(receiver)
         web = 'web_url = "https://ui.example.com/tf"'
         config = write_config(tmp_path / "rw.toml", lab, urls, state_file, extra, testflinger=web)
         done = await rackwatch("run-once", "--config", str(config), "--log-format", "json")

@@ -16,7 +16,7 @@ from rackwatch import cli
 from rackwatch.locks import RackLocks
 from rackwatch.simlab import Behaviour, Fault, FaultKind, Lab, LabUrls, SimMachine, SimRack
 from rackwatch.store import Store
-from tests.harness import LabFactory, rackwatch, start, until, write_config
+from tests.harness import LabFactory, rack, rackwatch, start, until, write_config
 
 
 @dataclass
@@ -113,16 +113,7 @@ async def test_a_rack_with_a_stale_agent_reads_attention_and_exits_0(
 ) -> None:
     """ok but for a stale agent: the rack reads attention, the summary counts it apart, exit 0."""
     b = Behaviour
-    rack = SimRack(
-        "r1",
-        [
-            SimMachine("r1-m1", b.PASS),
-            SimMachine("r1-m2", b.STALE),
-            SimMachine("r1-m3", b.OFFLINE),
-            SimMachine("r1-m4", b.SHARED_QUEUE),
-        ],
-    )
-    harness = await served([rack])
+    harness = await served([rack("r1", b.PASS, b.STALE, b.OFFLINE, b.SHARED_QUEUE)])
     config = write_config(tmp_path / "rw.toml", harness.lab, harness.urls, tmp_path / "s.db")
     text = await rackwatch("run-once", "--config", str(config))
     done = await rackwatch("run-once", "--config", str(config), "--json")

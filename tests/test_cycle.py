@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import pytest
@@ -555,12 +556,8 @@ async def test_a_job_another_rack_begins_meanwhile_makes_the_check_busy(
     assert harness.lab.submissions_for("both") == []
 
 
-async def test_a_machine_in_two_racks_of_concurrent_cycles_gets_one_job(
-    served: LabFactory,
-) -> None:
-    """Two cycles at once, one per rack (as the daemon runs them): one job, busy in the other."""
-    harness = await served(two_rack_lab())
-    reports = await asyncio.gather(harness.cycle(["r1"]), harness.cycle(["r2"]))
+def assert_checked_in_one_busy_in_the_other(reports: Iterable[list[RackReport]]) -> None:
+    """The machine "both" passed in one rack's cycle and is busy in the other's, naming it."""
     both = {r.rack: next(c for c in r.checks if c.agent == "both") for [r] in reports}
     [checked] = [rack for rack, check in both.items() if check.outcome is Outcome.PASSED]
     [other] = [rack for rack in both if rack != checked]
@@ -568,6 +565,15 @@ async def test_a_machine_in_two_racks_of_concurrent_cycles_gets_one_job(
         Outcome.BUSY,
         f"in rack {checked} too, whose cycle has rackwatch job {both[checked].job_id} in flight",
     )
+
+
+async def test_a_machine_in_two_racks_of_concurrent_cycles_gets_one_job(
+    served: LabFactory,
+) -> None:
+    """Two cycles at once, one per rack (as the daemon runs them): one job, busy in the other."""
+    harness = await served(two_rack_lab())
+    reports = await asyncio.gather(harness.cycle(["r1"]), harness.cycle(["r2"]))
+    assert_checked_in_one_busy_in_the_other(reports)
     assert len(harness.lab.submissions_for("both")) == 1
 
 
@@ -579,10 +585,4 @@ async def test_a_machine_whose_other_racks_job_started_meanwhile_is_busy_naming_
     # The first cycle to re-read the agent hears back only once the other's job has started.
     harness.lab.inject(Fault(FaultKind.SLOW, "testflinger", path="/v1/agents/data/both", delay=0.3))
     reports = await asyncio.gather(harness.cycle(["r1"]), harness.cycle(["r2"]))
-    both = {r.rack: next(c for c in r.checks if c.agent == "both") for [r] in reports}
-    [checked] = [rack for rack, check in both.items() if check.outcome is Outcome.PASSED]
-    [other] = [rack for rack in both if rack != checked]
-    assert (both[other].outcome, both[other].detail) == (
-        Outcome.BUSY,
-        f"in rack {checked} too, whose cycle has rackwatch job {both[checked].job_id} in flight",
-    )
+    assert_checked_in_one_busy_in_the_other(reports)

@@ -7,21 +7,28 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from rackwatch.errors import StoreError
 from rackwatch.model import Health
 from rackwatch.simlab import Behaviour
 from rackwatch.store import Store
-from tests.harness import Daemon, Done, Harness, LabFactory, rack, rackwatch, until, write_config
+from tests.harness import (
+    Daemon,
+    Done,
+    Harness,
+    LabFactory,
+    Receiver,
+    rack,
+    rackwatch,
+    until,
+    write_config,
+)
 
 B = Behaviour
 UNTIL = re.compile(r"silenced until \d{4}-\d\d-\d\d \d\d:\d\d UTC by alice: ")
@@ -281,33 +288,6 @@ async def test_silence_before_any_state_file_exits_66(tmp_path: Path) -> None:
 # While the daemon runs
 
 
-@dataclass
-class Hook:
-    """An incoming webhook on 127.0.0.1 that records what it is sent."""
-
-    url: str = ""
-    messages: list[dict[str, Any]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.messages.append(await request.json())
-        return web.Response(text="ok")
-
-    def kinds(self) -> list[list[tuple[str, str | None]]]:
-        return [[(e["kind"], e["agent"]) for e in m["events"]] for m in self.messages]
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Hook]:
-    received = Hook()
-    app = web.Application()
-    app.router.add_post("/hook", received.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    received.url = str(server.make_url("/hook"))
-    yield received
-    await server.close()
-
-
 def _health(state_file: Path, agent: str) -> Health | None:
     """The agent's recorded health; None before it has one, or while the file is being made."""
     try:
@@ -318,12 +298,14 @@ def _health(state_file: Path, agent: str) -> Health | None:
     return known[1].state if known else None
 
 
-async def test_silence_and_unsilence_work_while_the_daemon_runs(daemon: Daemon, hook: Hook) -> None:
+async def test_silence_and_unsilence_work_while_the_daemon_runs(
+    daemon: Daemon, receiver: Receiver
+) -> None:
     """Run against a running daemon's state file, they keep an agent quiet, then let it speak once."""
     daemon.write_config(["r1"])
     text = daemon.config.read_text()
     daemon.config.write_text(
-        f'{text}[health]\nfailures_to_unhealthy = 1\n[alerts]\nwebhook_url = "{hook.url}"\n'
+        f'{text}[health]\nfailures_to_unhealthy = 1\n[alerts]\nwebhook_url = "{receiver.url}"\n'
     )
     config = ("--config", str(daemon.config))
     env = {"SUDO_USER": "alice"}
@@ -338,15 +320,15 @@ async def test_silence_and_unsilence_work_while_the_daemon_runs(daemon: Daemon, 
     await until(lambda: daemon.cycles("r1") >= cycles + 1)
     unhealthy = await rackwatch("status", "--unhealthy", *config)
     assert (unhealthy.code, unhealthy.out) == (0, "nothing needs a person\n")
-    assert hook.messages == []
+    assert receiver.messages == []
 
     done = await rackwatch("unsilence", "r1-m1", *config, env=env)
     assert done.code == 0, done.err
-    await until(lambda: len(hook.messages) >= 1)
+    await until(lambda: len(receiver.messages) >= 1)
     cycles = daemon.cycles("r1")
     await until(lambda: daemon.cycles("r1") >= cycles + 2)
     code, events = await daemon.stop()
     assert code == 0
-    assert hook.kinds() == [[("unhealthy", "r1-m1")]]
-    assert "still unhealthy after its silence ended" in hook.messages[0]["text"]
+    assert receiver.kinds() == [[("unhealthy", "r1-m1")]]
+    assert "still unhealthy after its silence ended" in receiver.messages[0]["text"]
     assert not [e for e in events if e.get("level") in ("error", "critical")]

@@ -19,7 +19,7 @@ from rackwatch.model import Health, Outcome
 from rackwatch.simlab import Behaviour, Lab, SimMachine, SimRack
 from rackwatch.status import build_status, needing_a_person
 from rackwatch.store import AgentTrend, Store
-from tests.harness import Done, Harness, rackwatch, write_config
+from tests.harness import Done, Harness, rack, rackwatch, write_config
 
 JOB_ID = "5d0c7a4e-8f1b-4c2d-9e3f-a1b2c3d4e5f6"
 
@@ -644,15 +644,7 @@ async def test_history_links_under_web_url_and_never_shows_a_password(
 async def test_status_reads_attention_for_a_rack_with_a_stale_agent(tmp_path: Path) -> None:
     """An ok rack with a stale agent reads attention; the summary counts skips by kind."""
     b = Behaviour
-    r1 = SimRack(
-        "r1",
-        [
-            SimMachine("r1-m1", b.PASS),
-            SimMachine("r1-m2", b.STALE),
-            SimMachine("r1-m3", b.MAINTENANCE),
-            SimMachine("r1-m4", b.FAIL_STREAK),
-        ],
-    )
+    r1 = rack("r1", b.PASS, b.STALE, b.MAINTENANCE, b.FAIL_STREAK)
     async with served(tmp_path, r1, SimRack("r2", [SimMachine("r2-m1", b.PASS)])) as setup:
         await setup.cycle()
         done, data = await asyncio.gather(setup.status(), setup.status_json())

@@ -23,7 +23,7 @@ import pytest
 from rackwatch.render.status import STATUS_COLUMNS
 from rackwatch.render.table import width_of
 from rackwatch.simlab import Behaviour, SimMachine, SimRack
-from tests.harness import Harness, LabFactory, rackwatch, until, write_config
+from tests.harness import Harness, LabFactory, rack, rackwatch, until, write_config
 
 HOSTILE = "Reason: \x1b[2J\x1b]0;pwned\x07 bad\nsecond line"
 SHOWN = "Reason: \\x1b[2J\\x1b]0;pwned\\x07 bad\\nsecond line"
@@ -50,16 +50,7 @@ async def setup(served: LabFactory, tmp_path: Path) -> Setup:
     """A rack of a passing, a failing and a slow machine, and one an admin set offline with a
     comment of escape sequences and a newline; its configuration file."""
     b = Behaviour
-    rack = SimRack(
-        "r1",
-        [
-            SimMachine("r1-m1", b.PASS),
-            SimMachine("r1-m2", b.FAIL),
-            SimMachine("r1-m3", b.OFFLINE),
-            SimMachine("r1-m4", b.PASS),
-        ],
-    )
-    harness = await served([rack])
+    harness = await served([rack("r1", b.PASS, b.FAIL, b.OFFLINE, b.PASS)])
     harness.lab.set_agent_state("r1-m3", "offline", HOSTILE)
     config = write_config(tmp_path / "rw.toml", harness.lab, harness.urls, harness.state_file)
     return Setup(harness, config)

@@ -234,20 +234,42 @@ class Http:
         if not self._redact_url:
             # As sent, escapes and all: a name's newline or "/" stays visible and on one line.
             what += f" {(url if isinstance(url, URL) else URL(url)).raw_path}"
+        renewing = False  # the attempt before was refused with a 401 and the credentials renewed
+
+        async def credentials() -> tuple[Mapping[str, str] | None, bool]:
+            """This attempt's headers, after renewing the credentials if the last was refused.
+
+            Called outside stamina's attempt: a failure to get credentials ends the request,
+            as the login retries on its own.
+            """
+            nonlocal renewing
+            renewed, renewing = renewing, False
+            if renewed:
+                assert renew is not None
+                await renew()
+            return (await headers() if headers is not None else None), renewed
+
+        async def send(sent: Mapping[str, str] | None, *, renewed: bool, last: bool) -> Reply:
+            nonlocal renewing
+            try:
+                return await self._once(
+                    method, url, what, expect, params, json_body, sent, idempotent
+                )
+            except UpstreamAuthError as exc:
+                if renew is None or exc.status != 401 or renewed or last:
+                    raise
+                renewing = True
+                raise _Renewed(exc) from None
+
         # Most requests succeed at once, and a retry context costs more than the request: the
         # first attempt goes out bare, and its failure becomes the retry loop's first attempt.
-        sent = await headers() if headers is not None else None
+        sent, renewed = await credentials()
         try:
-            return await self._once(method, url, what, expect, params, json_body, sent, idempotent)
+            return await send(sent, renewed=renewed, last=self._retry.attempts < 2)
         except UpstreamOutcomeUnknown:
             raise
-        except UpstreamUnavailable as exc:
+        except (UpstreamUnavailable, _Renewed) as exc:
             failed: Exception | None = exc
-        except UpstreamAuthError as exc:
-            if renew is None or exc.status != 401 or self._retry.attempts < 2:
-                raise
-            failed = _Renewed(exc)
-        renewing = isinstance(failed, _Renewed)
         retrying = stamina.retry_context(
             on=self._backoff,
             attempts=self._retry.attempts,
@@ -262,23 +284,11 @@ class Http:
                         first, failed = failed, None
                         raise first
                     continue
-                # Outside the attempt: a failure to get credentials ends the request.
-                renewed, renewing = renewing, False
-                if renewed:
-                    assert renew is not None
-                    await renew()
-                sent = await headers() if headers is not None else None
+                sent, renewed = await credentials()
                 with attempt:
-                    try:
-                        return await self._once(
-                            method, url, what, expect, params, json_body, sent, idempotent
-                        )
-                    except UpstreamAuthError as exc:
-                        last = attempt.num >= self._retry.attempts
-                        if renew is None or exc.status != 401 or renewed or last:
-                            raise
-                        renewing = True
-                        raise _Renewed(exc) from None
+                    return await send(
+                        sent, renewed=renewed, last=attempt.num >= self._retry.attempts
+                    )
         except _Renewed as exc:
             raise exc.refusal from None
         raise AssertionError("unreachable: stamina raises once attempts run out")

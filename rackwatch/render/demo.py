@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rackwatch.check import RackReport
 from rackwatch.model import AlertEvent, EventKind, Outcome
-from rackwatch.render.table import plural
+from rackwatch.render.table import cut, plural
 
 # What each kind of change reads as, in a column of its own.
 _CHANGES: dict[str, str] = {
@@ -50,7 +50,7 @@ def chapter_text(
         ]
     )
     lines = [f"cycle {number}: {scene}", f"  {found}" + ("" if events else "; nothing changed")]
-    lines += [_cut(f"  {_change(event)}", LINE_WIDTH) for event in events]
+    lines += [cut(f"  {_change(event)}", LINE_WIDTH) for event in events]
     return "\n".join(lines)
 
 
@@ -65,10 +65,6 @@ def _change(event: AlertEvent) -> str:
             return f"{what}  {event.agent}: {event.reason}"
         case _:
             return f"{what}  {event.agent or event.rack}: {event.reason}"
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def explore_text(
