@@ -287,27 +287,45 @@ class AlertsSettings(_Section):
         return SecretStr(url)
 
 
+def _check_address(value: str) -> str:
+    value = value.strip()
+    if value:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+    return value
+
+
+def _address(listen: str) -> tuple[str, int] | None:
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 class MetricsSettings(_Section):
-    """Where the Prometheus endpoint listens; empty for none."""
+    """The listener's former place: `metrics.listen` still works, with a deprecation warning."""
 
-    listen: str = ""
+    listen: Annotated[str, AfterValidator(_check_address)] = ""
 
-    @field_validator("listen")
+
+class WebSettings(_Section):
+    """Where the daemon's listener serves the pages, /api, /metrics and /healthz; empty for none."""
+
+    listen: Annotated[str, AfterValidator(_check_address)] = ""
+
+
+class HistorySettings(_Section):
+    """How long the state file keeps each check; beyond that, one summary per agent and day."""
+
+    keep_checks: Duration = timedelta(days=90)
+
+    @field_validator("keep_checks")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        value = value.strip()
-        if value:
-            host, _, port = value.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+    def _at_least_a_day(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("must be at least 1d")
         return value
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        if not self.listen:
-            return None
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
 
 
 # The TOML table load_settings is reading; None while Settings are built in code.
@@ -358,6 +376,8 @@ class Settings(_FromFile):
     health: HealthSettings = HealthSettings()
     alerts: AlertsSettings = AlertsSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
+    history: HistorySettings = HistorySettings()
     job: dict[Annotated[str, AfterValidator(_check_job_key)], Any] = Field(
         default_factory=lambda: {"provision_data": {"distro": "noble"}, "tags": ["rackwatch"]}
     )
@@ -367,6 +387,19 @@ class Settings(_FromFile):
     def config_path(self) -> Path | None:
         """The file these settings were loaded from; None when built in code."""
         return self._config_path
+
+    @property
+    def listen(self) -> tuple[str, int] | None:
+        """The daemon's listener (`web.listen`, else the deprecated `metrics.listen`); or None."""
+        return _address(self.web.listen or self.metrics.listen)
+
+    def deprecations(self) -> list[str]:
+        """One line for each deprecated setting in use."""
+        if self.metrics.listen and not self.web.listen:
+            return ["metrics.listen is deprecated: name the listener web.listen instead"]
+        if self.metrics.listen:
+            return ["metrics.listen is deprecated and ignored: web.listen is set"]
+        return []
 
     def secret_values(self) -> list[str]:
         """The secret strings that must never reach a log line: the log scrubber's list."""
@@ -422,6 +455,13 @@ class StateSettings(_FromFile):
     state_file: StateFile = Path("/var/lib/rackwatch/state.db")
     schedule: ScheduleSettings = ScheduleSettings()
     testflinger: TestflingerLinks = TestflingerLinks()  # for the job links only
+    metrics: MetricsSettings = MetricsSettings()  # `rackwatch web` listens where the daemon does
+    web: WebSettings = WebSettings()
+
+    @property
+    def listen(self) -> tuple[str, int] | None:
+        """Where the daemon listens (`web.listen`, else `metrics.listen`); or None."""
+        return _address(self.web.listen or self.metrics.listen)
 
 
 _Model = TypeVar("_Model", bound=BaseSettings)

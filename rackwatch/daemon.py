@@ -134,7 +134,7 @@ class Daemon:
                 self._session = session
                 self._connect()
                 self._file_id = _file_id(state_file)
-                if (address := self.settings.metrics.address) is not None:
+                if (address := self.settings.listen) is not None:
                     self._metrics = await start_metrics(
                         store,
                         address,

@@ -108,7 +108,7 @@ def test_example_file_loads_and_shows_the_defaults(tmp_path: Path) -> None:
 def test_example_file_lists_every_key() -> None:
     """Every setting appears in config.example.toml, so the example documents all of them."""
     data = tomllib.loads(EXAMPLE.read_text())
-    assert set(data) == set(Settings.model_fields)
+    assert set(data) == set(Settings.model_fields) - {"metrics"}  # deprecated: web.listen
     for section in (ScheduleSettings, MaasSettings, TestflingerSettings, CheckSettings):
         name = {v.annotation: k for k, v in Settings.model_fields.items()}[section]
         assert set(data[name]) == set(section.model_fields), name
@@ -633,3 +633,32 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
         settings.check.concurrency = 1  # type: ignore[misc]
     with pytest.raises(ValidationError):
         settings.racks = ["x"]  # type: ignore[misc]
+
+
+def test_the_listener_is_web_listen_and_metrics_listen_is_deprecated(tmp_path: Path) -> None:
+    """web.listen names the listener; metrics.listen still works and says it is deprecated."""
+    assert load_text(tmp_path, MAAS).listen is None
+    assert load_text(tmp_path, MAAS).deprecations() == []
+    web = load_text(tmp_path, MAAS + '[web]\nlisten = "127.0.0.1:9464"\n')
+    assert web.listen == ("127.0.0.1", 9464)
+    assert web.deprecations() == []
+    old = load_text(tmp_path, MAAS + '[metrics]\nlisten = "[::1]:9100"\n')
+    assert old.listen == ("::1", 9100)
+    assert old.deprecations() == [
+        "metrics.listen is deprecated: name the listener web.listen instead"
+    ]
+    both = load_text(
+        tmp_path, MAAS + '[web]\nlisten = "127.0.0.1:1"\n[metrics]\nlisten = "127.0.0.1:2"\n'
+    )
+    assert both.listen == ("127.0.0.1", 1)
+    assert both.deprecations() == ["metrics.listen is deprecated and ignored: web.listen is set"]
+
+
+def test_history_keeps_checks_at_least_a_day(tmp_path: Path) -> None:
+    """history.keep_checks defaults to 90 days and refuses less than a day, naming the key."""
+    assert load_text(tmp_path, MAAS).history.keep_checks == timedelta(days=90)
+    assert load_text(tmp_path, MAAS + '[history]\nkeep_checks = "30d"\n').history.keep_checks == (
+        timedelta(days=30)
+    )
+    with pytest.raises(ConfigError, match=r"history.keep_checks.*at least 1d"):
+        load_text(tmp_path, MAAS + '[history]\nkeep_checks = "2h"\n')
