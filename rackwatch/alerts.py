@@ -10,11 +10,16 @@ With no webhook configured nothing is sent: alerts stay in the outbox, undeliver
 
 The webhook URL carries its own token and is a secret: no message, log line or recorded error
 names it or its path, which holds the token (`rackwatch.clients.WebhookClient` sees to that).
+
+Text from upstream (agent and rack names, reasons, provision log lines) is shown as plain text
+in the message (`_escape`): it cannot mention anyone, make a link or an image, or split a line.
+The links rackwatch adds itself, to its jobs' pages, stay links.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -29,6 +34,7 @@ from rackwatch.clients import RetryPolicy, WebhookClient, make_session
 from rackwatch.config import AlertsSettings, job_url
 from rackwatch.errors import UpstreamError, UpstreamUnavailable
 from rackwatch.model import Alert, AlertEvent, EventKind, utc_now
+from rackwatch.safe_text import visible
 from rackwatch.store import Store
 
 log = structlog.get_logger("rackwatch.alerts")
@@ -42,6 +48,11 @@ MAX_LINES = 40
 # Answers that say the webhook itself is unusable (a wrong or revoked URL, an archived channel),
 # rather than refusing one message: no use trying the alerts behind.
 _UNUSABLE_STATUSES = frozenset({401, 403, 404, 410})
+# Markdown's link and image brackets ([x](y), ![x](y), [x][y]), and the backslash that escapes.
+_MARKDOWN = re.compile(r"([\\\[\]])")
+# An "@" that begins a mention: @channel, @here, @all, @alice.
+_MENTION = re.compile(r"@(?=\w)")
+ZERO_WIDTH_JOINER = "\u200d"
 
 _ICONS: dict[str, str] = {
     EventKind.UNHEALTHY: "🔴",
@@ -124,8 +135,16 @@ def _line(event: AlertEvent, testflinger_url: str | None) -> str:
 
 
 def _escape(text: str) -> str:
-    """Keep Slack from reading <...> as a link or a mention; Mattermost shows the entities as text."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Upstream text as plain text in Mattermost and Slack, on one line.
+
+    `&`, `<` and `>` become entities, so that Slack reads no `<url|text>` link or `<!channel>`
+    mention (Mattermost shows the entities as text); `[`, `]` and `\\` are escaped with a
+    backslash, so that Mattermost reads no Markdown link or image; an `@` that would begin a
+    mention is followed by a zero-width joiner; control characters show as escapes (`\\n`).
+    """
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MENTION.sub("@" + ZERO_WIDTH_JOINER, _MARKDOWN.sub(r"\\\1", text))
+    return visible(text)
 
 
 async def deliver_pending(

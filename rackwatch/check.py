@@ -18,18 +18,21 @@ The decisions themselves are in `policy`; this module only carries them out.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Protocol
 
 import structlog
 
 from rackwatch import ledger, policy
+from rackwatch.check_plan import CheckPlan
+from rackwatch.clients.testflinger import why_unservable
 from rackwatch.config import Settings
 from rackwatch.errors import StoreError, UpstreamError
-from rackwatch.jobs import JOB_TAG, Job, Jobs, Tally, Testflinger, gather_or_cancel
+from rackwatch.jobs import Job, Jobs, Tally, Testflinger, gather_or_cancel
 from rackwatch.model import (
     Agent,
     Machine,
@@ -37,6 +40,7 @@ from rackwatch.model import (
     utc_now,
 )
 from rackwatch.store import CheckRecord, CycleRecord, Store
+from rackwatch.tracking import Once, Watch
 
 log = structlog.get_logger("rackwatch.check")
 
@@ -58,36 +62,12 @@ class RackReport:
 
 
 @dataclass(frozen=True, slots=True)
-class CheckPlan:
-    """What a cycle needs from the configuration."""
+class Survey:
+    """What a run starts from: every agent, indexed once for all racks, and the held jobs."""
 
-    limits: policy.Limits
-    poll_interval: timedelta
-    submit_grace: timedelta = timedelta(minutes=2)
-    location: str = ""
-    job_template: Mapping[str, Any] = field(default_factory=dict)
-    dry_run: bool = False
-    failures_to_unhealthy: int = 2
-    incident_ratio: float = 0.5
-    secrets: tuple[str, ...] = ()  # scrubbed from the provision logs kept
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, dry_run: bool = False) -> CheckPlan:
-        return cls(
-            limits=policy.Limits(
-                max_fail_streak=settings.check.max_fail_streak,
-                stale_after=settings.check.stale_after,
-                job_timeout=settings.check.job_timeout,
-            ),
-            poll_interval=settings.check.poll_interval,
-            submit_grace=settings.check.submit_grace,
-            location=settings.testflinger.location,
-            job_template=settings.job,
-            dry_run=dry_run,
-            failures_to_unhealthy=settings.health.failures_to_unhealthy,
-            incident_ratio=settings.health.rack_incident_ratio,
-            secrets=tuple(settings.secret_values()),
-        )
+    agents: list[Agent]
+    index: policy.AgentIndex
+    held: policy.HeldJobs
 
 
 async def run_cycle(
@@ -101,10 +81,12 @@ async def run_cycle(
     clock: Callable[[], datetime] = utc_now,
     on_progress: Callable[[Tally], None] | None = None,
     agents: Collection[str] | None = None,
+    watch: Watch | None = None,
 ) -> list[RackReport]:
     """Check the racks once with the configured plan: what run-once, the daemon and tests run.
 
-    With `agents`, only those agents of the racks (see `Checker.run`).
+    With `agents`, only those agents of the racks (see `Checker.run`). Cycles that share a
+    `watch` of `testflinger` (the daemon's) share its listings, searches and job tracking.
     """
     checker = Checker(
         maas=maas,
@@ -113,6 +95,7 @@ async def run_cycle(
         plan=CheckPlan.from_settings(settings, dry_run=dry_run),
         clock=clock,
         on_progress=on_progress,
+        watch=watch,
     )
     return await checker.run(racks, agents=agents)
 
@@ -147,16 +130,27 @@ class Checker:
         plan: CheckPlan,
         clock: Callable[[], datetime] = utc_now,
         on_progress: Callable[[Tally], None] | None = None,
+        watch: Watch | None = None,
     ) -> None:
+        """Without a `watch` of `testflinger` shared with other checkers, it has one of its own."""
         self._maas = maas
         self._tf = testflinger
         self._store = store
         self._wanted: set[str] | None = None  # a partial run's agents, casefolded
         self._plan = plan
         self._clock = clock
+        if watch is None:
+            watch = Watch(
+                testflinger, on_error=lambda exc: store.count("upstream_errors", exc.service)
+            )
+        watch.tracker.poll_interval = plan.poll_interval  # of the latest cycle to start
+        self._watch = watch
+        # So that the first jobs go out before every other job's row is written.
+        self._posting = asyncio.Semaphore(plan.concurrency)
         self._jobs = Jobs(
             testflinger,
             store,
+            tracker=watch.tracker,
             limits=plan.limits,
             poll_interval=plan.poll_interval,
             submit_grace=plan.submit_grace,
@@ -176,6 +170,8 @@ class Checker:
     ) -> list[RackReport]:
         """Check the racks once, together, and wait for every job to end.
 
+        One survey of Testflinger (`_survey`) serves every rack: it is taken first, then MAAS
+        lists the racks, and each rack's jobs go out as soon as its listing is read.
         With `agents`, a partial cycle of each rack: only those agents (by name, without regard
         to case) are checked and recorded, and only their earlier jobs resumed.
         """
@@ -183,86 +179,67 @@ class Checker:
         cycles = {
             rack: self._store.start_cycle(rack, self._clock(), agents=agents) for rack in racks
         }
-        survey: tuple[list[Agent], policy.HeldJobs] | UpstreamError
+        claims: dict[str, str] = {}  # agent -> the rack whose cycle exercises it in this run
+        survey = Once(self._survey)
         try:
-            survey = await self._survey()
+            return await gather_or_cancel(
+                self._rack(rack, cycles[rack], claims, survey) for rack in racks
+            )
+        finally:
+            await survey.cancel()
+
+    async def _survey(self) -> Survey | UpstreamError:
+        """Every agent, indexed, and the rackwatch jobs Testflinger holds: one listing and one
+        search, taken before MAAS lists the racks; or why they could not be."""
+        try:
+            if self._plan.dry_run:
+                agents, held = await self._watch.agents(), policy.NO_HELD_JOBS
+            else:
+                listed, active = await gather_or_cancel(
+                    [self._watch.agents(), self._watch.active_jobs()]
+                )
+                assert isinstance(listed, list) and isinstance(active, list)
+                agents, held = listed, await self._jobs.held_jobs(listed, active)
         except UpstreamError as exc:
             self._jobs.upstream_failed(exc)
-            survey = exc
-        claims: dict[str, str] = {}  # agent -> the rack whose cycle exercises it in this run
-        return await gather_or_cancel(
-            self._rack(rack, cycles[rack], survey, claims) for rack in racks
-        )
-
-    async def _survey(self) -> tuple[list[Agent], policy.HeldJobs]:
-        """Every agent, and the rackwatch jobs Testflinger holds: one listing, one search."""
-        if self._plan.dry_run:
-            return await self._tf.agents(), policy.NO_HELD_JOBS
-        agents, active = await gather_or_cancel([self._tf.agents(), self._tf.active_jobs(JOB_TAG)])
-        assert isinstance(agents, list) and isinstance(active, list)
-        return agents, await self._jobs.held_jobs(agents, active)
+            return exc
+        return Survey(agents, policy.index_agents(agents, self._plan.location), held)
 
     async def _rack(
         self,
         rack: str,
         cycle_id: int,
-        survey: tuple[list[Agent], policy.HeldJobs] | UpstreamError,
         claims: dict[str, str],
+        survey: Once[Survey | UpstreamError],
     ) -> RackReport:
-        """One rack's cycle; an agent that `claims` gives to another rack of the run is busy."""
+        """One rack's cycle; an agent that `claims` gives to another rack of the run is busy.
+
+        The run's racks share one `survey`, taken before MAAS lists them.
+        """
         started = self._clock()
         resumed = [c for c in self._store.unfinished(rack) if self._is_wanted(c.agent)]
-        in_flight = {check.agent: check for check in self._store.unfinished()}
         log.info("cycle.started", rack=rack, cycle_id=cycle_id, resumed=len(resumed))
-        work = [self._guard(self._jobs.resume(c), cycle_id, rack, c.agent) for c in resumed]
-        resuming = {check.agent for check in resumed}
+        work: list[Awaitable[None]] = [
+            self._guard(self._jobs.resume(c), cycle_id, rack, c.agent) for c in resumed
+        ]
         error: str | None = None
+        machines: list[Machine] | None = None
+        # Taken before MAAS lists any rack: Testflinger answers it while MAAS is still busy
+        # listing the racks, and the first rack listed goes on at once.
+        seen = await survey()
         try:
-            if isinstance(survey, UpstreamError):
-                raise survey
             machines = await self._maas.machines(rack)
         except UpstreamError as exc:
-            if exc is not survey:
-                self._jobs.upstream_failed(exc)
+            self._jobs.upstream_failed(exc)
             error = str(exc)
             log.error("cycle.rack_failed", rack=rack, error=error)
-        else:
-            agents, held = survey
-            if not self._plan.dry_run:
-                running = {agent.job_id for agent in agents if agent.job_id}
-                await gather_or_cancel(
-                    self._jobs.follow_up(check, running)
-                    for check in self._store.lingering(rack)
-                    if self._is_wanted(check.agent)
-                )
-            decisions = policy.plan_rack(
-                machines,
-                agents,
-                location=self._plan.location,
-                now=started,
-                limits=self._plan.limits,
-                held=held,
-            )
-            for decision in decisions:
-                if decision.name in resuming or not self._is_wanted(decision.name):
-                    continue
-                if (check := in_flight.get(decision.name)) is not None:
-                    decision = _busy_elsewhere(decision, check.rack, check.job_id)
-                elif decision.outcome is None:
-                    claimed = claims.setdefault(decision.name, rack)
-                    if claimed != rack:
-                        decision = _busy_elsewhere(decision, claimed)
-                if decision.outcome is not None:
-                    self._record(cycle_id, rack, decision)
-                else:
-                    work.append(
-                        self._guard(
-                            self._exercise(cycle_id, rack, decision, held),
-                            cycle_id,
-                            rack,
-                            decision.name,
-                        )
-                    )
+        if machines is not None:
+            if isinstance(seen, UpstreamError):
+                error = str(seen)
+                log.error("cycle.rack_failed", rack=rack, error=error)
+            else:
+                resuming = {check.agent for check in resumed}
+                work += await self._plan_work(cycle_id, rack, machines, seen, resuming, claims)
         await gather_or_cancel(work)
 
         checks = self._store.checks_of_cycle(cycle_id)
@@ -289,6 +266,47 @@ class Checker:
             duration_s=round((finished - started).total_seconds(), 1),
         )
         return RackReport(self._store.cycle(cycle_id), checks)
+
+    async def _plan_work(
+        self,
+        cycle_id: int,
+        rack: str,
+        machines: list[Machine],
+        survey: Survey,
+        resuming: set[str],
+        claims: dict[str, str],
+    ) -> list[Awaitable[None]]:
+        """Follow up the rack's lingering jobs, record each machine that gets no job, and
+        return the checks to carry out."""
+        if not self._plan.dry_run:
+            running = {agent.job_id for agent in survey.agents if agent.job_id}
+            await gather_or_cancel(
+                self._jobs.follow_up(check, running)
+                for check in self._store.lingering(rack)
+                if self._is_wanted(check.agent)
+            )
+        # Read after the survey, so that another rack's job begun meanwhile is seen.
+        in_flight = {check.agent: check for check in self._store.unfinished()}
+        decisions = policy.plan_rack(
+            machines, survey.index, now=self._clock(), limits=self._plan.limits, held=survey.held
+        )
+        work: list[Awaitable[None]] = []
+        for decision in decisions:
+            if decision.name in resuming or not self._is_wanted(decision.name):
+                continue
+            claimed = claims.get(decision.name, rack)
+            if claimed != rack:  # another rack of this run checks it, its job begun or not
+                decision = _busy_elsewhere(decision, claimed)
+            elif (check := in_flight.get(decision.name)) is not None:
+                decision = _busy_elsewhere(decision, check.rack, check.job_id)
+            elif decision.outcome is None:
+                claims[decision.name] = rack
+            if decision.outcome is not None:
+                self._record(cycle_id, rack, decision)
+            else:
+                exercise = self._exercise(cycle_id, rack, decision)
+                work.append(self._guard(exercise, cycle_id, rack, decision.name))
+        return work
 
     def _is_wanted(self, agent: str) -> bool:
         return self._wanted is None or agent.casefold() in self._wanted
@@ -338,24 +356,11 @@ class Checker:
                     at=self._clock(),
                 )
 
-    async def _exercise(
-        self, cycle_id: int, rack: str, decision: policy.Decision, held: policy.HeldJobs
-    ) -> None:
-        """Read the agent again, submit a job to its own queue and track it to its end."""
-        try:
-            fresh = await self._tf.agent(decision.name)
-        except UpstreamError as exc:
-            self._jobs.upstream_failed(exc)
-            decision = replace(decision, outcome=Outcome.ERROR, detail=str(exc))
-        else:
-            decision = policy.recheck(
-                decision, fresh, held=held, now=self._clock(), limits=self._plan.limits
-            )
-            if decision.outcome is Outcome.BUSY and fresh is not None and fresh.job_id:
-                # Busy with a job that another rack's cycle (listing the machine) began since.
-                other = self._store.checks_of_jobs([fresh.job_id]).get(fresh.job_id)
-                if other is not None and other.rack != rack:
-                    decision = _busy_elsewhere(decision, other.rack, other.job_id)
+    async def _exercise(self, cycle_id: int, rack: str, decision: policy.Decision) -> None:
+        """Submit a job to the agent's own queue and track it to its end."""
+        if (why := why_unservable(decision.name)) is not None:
+            detail = f"{decision.name!r} is an agent name Testflinger cannot serve ({why})"
+            decision = replace(decision, outcome=Outcome.ERROR, detail=detail)
         if decision.outcome is None and self._plan.dry_run:
             detail = f"a job would go to queue {decision.queue}"
             decision = replace(decision, outcome=Outcome.READY, detail=detail)
@@ -365,26 +370,34 @@ class Checker:
 
         assert decision.queue is not None
         job_id = str(uuid.uuid4())
-        try:
-            check_id = self._store.begin_job(
-                cycle_id,
-                rack=rack,
-                agent=decision.name,
-                machine=decision.machine.hostname,
-                queue=decision.queue,
-                job_id=job_id,
-                at=self._clock(),
-                maas_status=decision.machine.status,
+        async with self._posting:
+            try:
+                check_id = self._store.begin_job(
+                    cycle_id,
+                    rack=rack,
+                    agent=decision.name,
+                    machine=decision.machine.hostname,
+                    queue=decision.queue,
+                    job_id=job_id,
+                    at=self._clock(),
+                    maas_status=decision.machine.status,
+                )
+            except StoreError:
+                # The state file keeps one unfinished job per agent: the cycle of another rack
+                # that lists the machine (in another process, say) began one since this cycle
+                # looked.
+                other = next(
+                    (c for c in self._store.unfinished() if c.agent == decision.name), None
+                )
+                if other is None:
+                    raise
+                self._record(cycle_id, rack, _busy_elsewhere(decision, other.rack, other.job_id))
+                return
+            posted = await self._jobs.post(
+                Job(check_id, rack, decision.name, job_id, decision.queue)
             )
-        except StoreError:
-            # The state file keeps one unfinished job per agent: the cycle of another rack that
-            # lists the machine (in another process, say) began one since this cycle looked.
-            other = next((c for c in self._store.unfinished() if c.agent == decision.name), None)
-            if other is None:
-                raise
-            self._record(cycle_id, rack, _busy_elsewhere(decision, other.rack, other.job_id))
-            return
-        await self._jobs.submit(Job(check_id, rack, decision.name, job_id, decision.queue))
+        if posted is not None:
+            await self._jobs.track(posted)
 
 
 def _busy_elsewhere(

@@ -108,6 +108,16 @@ def _add_operator_commands(commands: Commands) -> None:
 
     _config_option(_command(commands, "check-config"))
 
+    web = _command(commands, "web")
+    _config_option(web)
+    web.add_argument(
+        "--listen",
+        type=_address,
+        metavar="HOST:PORT",
+        help="where to serve the pages (default: web.listen, else 127.0.0.1:9464)",
+    )
+    _log_options(web)
+
 
 def _add_silence_commands(commands: Commands) -> None:
     silence = _command(commands, "silence")
@@ -214,6 +224,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
     return value
+
+
+def _address(text: str) -> tuple[str, int]:
+    """HOST:PORT, the host an address or a name ([::1] in brackets); port 0 picks a free one."""
+    host, _, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, e.g. 127.0.0.1:9464: {text!r}")
+    return host, int(port)
 
 
 def _seconds(text: str) -> float:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 RUN_HELP = """\
 Check every configured rack every schedule.interval, until stopped: the systemd service.
 SIGTERM or SIGINT stops it, leaving the jobs in flight recorded for the next start (a second
-signal exits at once, with 128 + its number); SIGHUP re-reads the configuration.
+signal exits at once, with 128 + its number); SIGHUP re-reads the configuration. At start it
+logs each warning that check-config prints (event config.warning).
 
 Each cycle of a rack holds the rack's lock (a file in <state_file>.locks/), so that no other
 rackwatch checks the rack meanwhile. A rack that another process holds (a run-once) is checked
@@ -53,7 +54,8 @@ Only one rackwatch process checks a rack at a time: run-once first takes the loc
 it checks (a file in <state_file>.locks/). When another rackwatch (the daemon, or another
 run-once) is checking one of them, it exits 75 at once, naming that process, and submits
 nothing; with --wait it waits until the racks are free instead. --dry-run takes no lock: it
-submits nothing and records nothing.
+submits nothing and records nothing. Before the cycle, run-once logs each warning that
+check-config prints (event config.warning).
 
 Exits 0 when every checked agent passed (skips are not failures); 1 when at least one check
 failed, timed out or ended in error; 2 on a usage error; 69 when a rack could not be checked
@@ -166,13 +168,48 @@ or, as in status --json, {"until", "by", "reason", "rack"}. Times are UTC ISO 86
 
 Exits 0; 1 when the state file holds no check of the agent; 66 when it cannot be read."""
 
-CHECK_CONFIG_HELP = """\
-Check the configuration file, then try it out: list each configured rack's machines from
-MAAS, log in to Testflinger when client_id is set, and list Testflinger's agents. Prints one
-line per check and never a secret. Submits nothing and writes no state.
+WEB_HELP = """\
+Serve the lab's pages from the state file, read-only, until SIGINT or SIGTERM: on a lab host
+beside the daemon, or on a workstation with a copy of the file. Like status, it needs no
+credentials and no lab, and writes nothing. It prints the address once it listens.
 
-Exits 0 when every check passed; 69 when MAAS or Testflinger failed one (the last line names
-which); 78 when the configuration is invalid."""
+  /                    every rack as a grid of its agents, each cell coloured by health
+                       (healthy, unhealthy, excluded with its reason, unknown, silenced;
+                       outlined when it needs a person), with each rack's last and next
+                       cycle, open incident, drift and counts; ?rack=NAME and ?person=1
+                       (only what needs a person) filter it
+  /racks/RACK          the rack's agents, with their pass rate and provisioning time
+  /agents/AGENT        the agent's health, since when and why, its outcomes and its
+                       provisioning time over time, and its latest checks with their job
+                       links and provision logs
+  /api/status          the JSON of status --json
+  /api/agents/AGENT    the JSON of history AGENT --json (?limit=N, default 20)
+
+Only GET and HEAD are served. The pages reload themselves every 30 s. The daemon serves the
+same pages, with /metrics and /healthz, at web.listen when that is set.
+
+--listen HOST:PORT (port 0: any free port) overrides the address; without it, web.listen (or
+metrics.listen), else 127.0.0.1:9464. There is no TLS and no login: on a lab host, keep it on
+127.0.0.1 and reach it through ssh -L 9464:127.0.0.1:9464 lab-host, then open
+http://127.0.0.1:9464/.
+
+Exits 0 when stopped by a signal; 2 on a usage error; 66 when the state file cannot be read
+(one that does not exist yet is waited for: the pages say so); 78 on a configuration error,
+or when it cannot listen at the address (the line names the setting it came from)."""
+
+CHECK_CONFIG_HELP = """\
+Check the configuration file, then try it out: see that this user could write the state file
+(or create it, and its folder), list each configured rack's machines from MAAS, log in to
+Testflinger when client_id is set, and list Testflinger's agents. Prints one line per check
+and never a secret. Submits nothing and writes nothing: a missing state file is not created.
+
+Lines starting "warning:" name what works but deserves a look, as run-once and run log them at
+start: secrets in a file that others may read or write, a listener on every interface, MAAS's
+token secret sent over http://, deprecated settings, and agent records that lack the fields
+stale or quarantine detection needs. Warnings do not change the exit code.
+
+Exits 0 when every check passed; 69 when the state file, MAAS or Testflinger failed one (the
+last line names which); 78 when the configuration is invalid."""
 
 SILENCE_HELP = """\
 Silence agents, or whole racks, for a while: they are still checked and their health still
@@ -258,8 +295,13 @@ COMMANDS: Mapping[str, CommandHelp] = {
         "rackwatch history tor3-a-m07 --limit 50",
         HISTORY_HELP,
     ),
+    "web": CommandHelp(
+        "serve the lab's pages (racks, agents, their history) from the state file, read-only",
+        "rackwatch web --listen 127.0.0.1:9464",
+        WEB_HELP,
+    ),
     "check-config": CommandHelp(
-        "validate the configuration and try MAAS and Testflinger with it",
+        "validate the configuration, try the state file, MAAS and Testflinger with it",
         "rackwatch check-config --config /etc/rackwatch/config.toml",
         CHECK_CONFIG_HELP,
     ),

@@ -28,7 +28,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -36,23 +36,28 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rackwatch import alerts
+from rackwatch import alerts, retention
 from rackwatch.check import RackReport, run_cycle
 from rackwatch.clients import Clients, RetryPolicy, make_clients, make_session
 from rackwatch.config import Settings, load_settings
+from rackwatch.config_warnings import config_warnings
 from rackwatch.errors import ConfigError, StoreError
 from rackwatch.exits import ExitCode
 from rackwatch.locks import Lease, RackLocks
-from rackwatch.metrics import MetricsEndpoint, start_metrics
+from rackwatch.metrics import MetricsEndpoint
 from rackwatch.model import utc_now
 from rackwatch.schedule import next_check
 from rackwatch.store import Store
+from rackwatch.tracking import Watch
+from rackwatch.web import start_listener
 
 log = structlog.get_logger("rackwatch.daemon")
 
 STORE_FAILURES_TO_EXIT = 3  # cycles in a row ending with a StoreError
 STATE_FILE_CHECK_S = 2.0  # how often the state file is looked at, besides before each cycle
 HELD_RACK_POLL_S = 1.0  # how often a rack another process holds is tried again
+PRUNE_EVERY = timedelta(hours=1)  # how often the state file is pruned (rackwatch.retention)
+PRUNE_FIRST = timedelta(minutes=1)  # the first pruning, after the start
 
 
 def sd_notify(*states: str) -> bool:
@@ -108,11 +113,12 @@ class Daemon:
         self._store: Store | None = None
         self._session: aiohttp.ClientSession | None = None
         self._clients: Clients | None = None  # built over the session, from `settings`
+        self._watch: Watch | None = None  # what the cycles over `_clients` read together
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened state file
         self._store_failures = 0  # cycles in a row that ended with a StoreError
         self._code = ExitCode.OK
         self.failure: str | None = None  # why the daemon exits with ExitCode.IOERR, in one line
-        self._metrics: MetricsEndpoint | None = None  # /metrics and /healthz, when configured
+        self._metrics: MetricsEndpoint | None = None  # the listener (pages, /metrics), if any
         self._deliveries: set[asyncio.Task[None]] = set()  # alert deliveries in flight
         self._delivery_lock = asyncio.Lock()
         self._scheduler = AsyncIOScheduler(
@@ -135,15 +141,20 @@ class Daemon:
                 self._connect()
                 self._file_id = _file_id(state_file)
                 if (address := self.settings.listen) is not None:
-                    self._metrics = await start_metrics(
+                    # One listener: the pages and /api, /metrics and /healthz.
+                    self._metrics = await start_listener(
                         store,
                         address,
                         is_running=lambda: self._scheduler.running and not self._stop.is_set(),
-                        racks=lambda: self.settings.racks,
+                        configured=lambda: self.settings,
+                        setting="web.listen" if self.settings.web.listen else "metrics.listen",
                     )
                 self._schedule_all()
+                self._schedule_pruning()
                 self._scheduler.start()
                 log.info("daemon.started", racks=self.settings.racks, pid=os.getpid())
+                for line in config_warnings(self.settings, self.settings.config_mode):
+                    log.warning("config.warning", detail=line)
                 sd_notify("READY=1", f"STATUS={self._status()}")
                 watchdog = asyncio.create_task(self._watchdog())
                 watch = asyncio.create_task(self._watch_state_file())
@@ -160,6 +171,12 @@ class Daemon:
             return
         retry = self._retry or RetryPolicy.DEFAULT
         self._clients = make_clients(self.settings, self._session, retry, limiter=self._limiter)
+        store = self._store
+        assert store is not None
+        self._watch = Watch(
+            self._clients.testflinger,
+            on_error=lambda exc: store.count("upstream_errors", exc.service),
+        )
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -205,11 +222,35 @@ class Daemon:
             self._skip(rack, "the previous cycle is still running", logging.WARNING)
             return
         self._skipped.pop(rack, None)
-        assert self._clients is not None
-        cycle = self._cycle(rack, self.settings, self._clients)
+        assert self._clients is not None and self._watch is not None
+        cycle = self._cycle(rack, self.settings, self._clients, self._watch)
         task = asyncio.create_task(cycle, name=f"cycle {rack}")
         self._cycles[rack] = task
         task.add_done_callback(lambda _: self._cycles.pop(rack, None))
+
+    def _schedule_pruning(self) -> None:
+        """Prune the state file every PRUNE_EVERY, the first time PRUNE_FIRST after the start."""
+        self._scheduler.add_job(
+            self._prune,
+            IntervalTrigger(seconds=PRUNE_EVERY.total_seconds(), timezone=UTC),
+            id="prune",
+            name="prune the state file",
+            next_run_time=self._clock() + PRUNE_FIRST,
+            replace_existing=True,
+        )
+
+    async def _prune(self) -> None:
+        """The scheduler's job: prune in short steps, which the checks run between."""
+        assert self._store is not None
+        try:
+            await retention.prune(
+                self._store,
+                now=self._clock(),
+                keep_checks=self.settings.history.keep_checks,
+                should_stop=self._stop.is_set,
+            )
+        except StoreError as exc:  # the next run tries again; cycles count the file's failures
+            log.error("state.prune_failed", error=str(exc))
 
     def _skip(self, rack: str, reason: str, level: int) -> None:
         """Log a skipped firing once for as long as the reason stays the same."""
@@ -218,8 +259,12 @@ class Daemon:
         self._skipped[rack] = reason
         log.log(level, "cycle.skipped", rack=rack, reason=reason)
 
-    async def _cycle(self, rack: str, settings: Settings, clients: Clients) -> None:
-        """One cycle of the rack, holding its lock from before the first request to the end."""
+    async def _cycle(self, rack: str, settings: Settings, clients: Clients, watch: Watch) -> None:
+        """One cycle of the rack, holding its lock from before the first request to the end.
+
+        The cycles over the same clients share their `watch`: its listings, searches and job
+        tracking.
+        """
         assert self._store is not None
         try:
             with await self._hold(rack):
@@ -232,6 +277,7 @@ class Daemon:
                     maas=clients.maas,
                     testflinger=clients.testflinger,
                     clock=self._clock,
+                    watch=watch,
                 )
         except asyncio.CancelledError:
             raise
@@ -367,7 +413,7 @@ class Daemon:
             log.error("daemon.reload_failed", error=str(exc), kept="the running configuration")
             return
         old, self.settings = self.settings, settings
-        for key in ("state_file", "metrics"):
+        for key in ("state_file", "metrics", "web"):
             if getattr(settings, key) != getattr(old, key):
                 log.warning("daemon.restart_needed", reason=f"{key} changes at the next start")
         limited = settings.check.concurrency != old.check.concurrency
@@ -404,7 +450,11 @@ class Daemon:
     def _status(self) -> str:
         racks = self.settings.racks
         parts = [f"{len(racks)} rack{'s' if len(racks) != 1 else ''}"]
-        jobs = [job for job in self._scheduler.get_jobs() if job.next_run_time is not None]
+        jobs = [
+            job
+            for job in self._scheduler.get_jobs()
+            if job.next_run_time is not None and job.id.startswith("check:")
+        ]
         if jobs:
             soonest = min(jobs, key=lambda job: job.next_run_time)
             rack = soonest.args[0]

@@ -7,7 +7,8 @@ A job that may run on after its check ended (a timeout: Testflinger cannot stop 
 is followed up in later cycles, its cancel retried, and what became of it recorded on that check.
 
 Every step is written to the store before the next one is taken: the job id is recorded (by
-the caller) before the job is posted, and a job whose check has no outcome is resumed.
+the caller) before the job is posted, and a job whose check has no outcome is resumed. Jobs in
+flight are followed by one `tracking.Tracker` for the whole process.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from rackwatch.errors import UpstreamError, UpstreamOutcomeUnknown, UpstreamUnav
 from rackwatch.model import ActiveJob, Agent, JobDefinition, JobResult, Outcome
 from rackwatch.provision_log import excerpt
 from rackwatch.store import CheckRecord, Store
+from rackwatch.tracking import JOB_TAG, Tracker
 
 log = structlog.get_logger("rackwatch.check")
 
-# Every rackwatch job carries this tag, and "rackwatch-<the state file's identity>".
-JOB_TAG = "rackwatch"
 # Posts of one job with no clear answer, each followed by a look for it, before giving up.
 SUBMIT_ATTEMPTS = 3
 
@@ -86,6 +86,7 @@ class Jobs:
         testflinger: Testflinger,
         store: Store,
         *,
+        tracker: Tracker,
         limits: policy.Limits,
         poll_interval: timedelta,
         submit_grace: timedelta,
@@ -94,8 +95,10 @@ class Jobs:
         on_progress: Callable[[Tally], None] | None = None,
         secrets: Sequence[str] = (),
     ) -> None:
-        """`secrets` are scrubbed from the provision logs kept of failed and timed-out jobs."""
+        """`tracker` follows the jobs submitted; `secrets` are scrubbed from the provision logs
+        kept of failed and timed-out jobs."""
         self._tf = testflinger
+        self._tracker = tracker
         self._store = store
         self._limits = limits
         self._poll_interval = poll_interval
@@ -148,17 +151,21 @@ class Jobs:
             if found == "ended":
                 return
             if found == "absent":
-                await self.submit(job, resumed=True)
+                if (posted := await self.post(job, resumed=True)) is not None:
+                    await self.track(posted)
                 return
             job = self._submitted(job, check.created_at, resumed=True)
         else:
             log.info("check.resumed", rack=job.rack, agent=job.agent, job_id=job.job_id)
             self.tally.submitted += 1
             self._progress()
-        await self._track(job)
+        await self.track(job)
 
-    async def submit(self, job: Job, *, resumed: bool = False) -> None:
-        """Post the job, then track it. A post with no clear answer is never repeated blindly."""
+    async def post(self, job: Job, *, resumed: bool = False) -> Job | None:
+        """Post the job: the job as submitted, to `track`; None when its check ended here.
+
+        A post with no clear answer is never repeated blindly.
+        """
         for attempt in range(SUBMIT_ATTEMPTS):
             sent_at = self._clock()
             try:
@@ -174,18 +181,18 @@ class Jobs:
                 )
                 found = await self._look_for(job, sent_at=sent_at)
                 if found == "ended":
-                    return
+                    return None
                 if found == "absent":
                     continue
             except UpstreamError as exc:
                 self.upstream_failed(exc)
                 # After an unclear post, a late copy of it could still arrive.
                 self.finish(job, Outcome.ERROR, f"submit failed: {exc}", lingering=attempt > 0)
-                return
-            await self._track(self._submitted(job, self._clock(), resumed=resumed))
-            return
+                return None
+            return self._submitted(job, self._clock(), resumed=resumed)
         detail = f"no clear answer to {SUBMIT_ATTEMPTS} submissions, and the job never appeared"
         self.finish(job, Outcome.ERROR, detail, lingering=True)
+        return None
 
     async def _look_for(
         self, job: Job, *, sent_at: datetime
@@ -256,21 +263,25 @@ class Jobs:
             "check.late_result", rack=job.rack, agent=job.agent, job_id=job.job_id, result=late
         )
 
-    async def _track(self, job: Job) -> None:
-        """Poll the job until it ends or its time is up; cancel it when its time is up.
+    async def track(self, job: Job) -> None:
+        """Follow the job (see `tracking`) until it ends or its time is up; cancel it then.
 
-        A failed or timed-out check keeps the end of the provision output last read.
+        A job read "cancelled" that its agent had taken runs on to end "complete" (provisioning
+        is never interrupted): it is followed until then. A failed or timed-out check keeps the
+        end of the provision output last read.
         """
         assert job.submitted_at is not None
         deadline = job.submitted_at + self._limits.job_timeout
-        poll_s = self._poll_interval.total_seconds()
         running = False
         last_error: UpstreamError | None = None
         last: JobResult | None = None
         while True:
-            await asyncio.sleep(max(0.0, min(poll_s, (deadline - self._clock()).total_seconds())))
             try:
-                result = await self._tf.result(job.job_id)
+                result = await self._tracker.sighting(
+                    job.job_id,
+                    known=last.state if last is not None else None,
+                    within=deadline - self._clock(),
+                )
             except UpstreamUnavailable as exc:
                 self.upstream_failed(exc)
                 last_error = exc  # keep polling: the job runs on whether we can see it or not
@@ -284,8 +295,9 @@ class Jobs:
                 if result is None:
                     self.finish(job, Outcome.ERROR, "Testflinger no longer knows the job")
                     return
+                runs_on = policy.runs_on_cancelled(result, last.state if last else None)
                 last = result
-                verdict = policy.judge(result)
+                verdict = None if runs_on else policy.judge(result)
                 if verdict is not None:
                     outcome, detail = verdict
                     self.finish(
@@ -302,7 +314,10 @@ class Jobs:
                     self._progress()
             if self._clock() >= deadline:
                 limit = policy.format_age(self._limits.job_timeout)
-                cancel = await self._cancel(job, last)
+                if last is not None and last.state == "cancelled":
+                    cancel = "cancelled at Testflinger while its agent ran it"
+                else:
+                    cancel = await self._cancel(job, last)
                 if last_error is not None:
                     detail = f"no result readable for {limit}: {last_error}; {cancel}"
                     self.finish(job, Outcome.ERROR, detail, lingering=True)

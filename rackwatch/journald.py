@@ -5,6 +5,10 @@ newline (systemd's "Native Journal Protocol"). Fields stay searchable, so
 `journalctl -u rackwatch RACK=tor3-a OUTCOME=failed` works. If journald does not take an event
 (it is gone, or the datagram is too large) the event goes to stderr as a `<N>`-prefixed line, which
 systemd turns into the same priority.
+
+No control character other than a newline or a tab reaches the journal as it is: `journalctl`
+would write it to the reader's terminal. In MESSAGE, a value's newlines show as `\n` too, so
+that the event's line stays one line (a traceback follows it, on lines of its own).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import TextIO
 
 from structlog.typing import EventDict, WrappedLogger
+
+from rackwatch.safe_text import visible
 
 SOCKET_PATH = Path("/run/systemd/journal/socket")
 IDENTIFIER = "rackwatch"
@@ -69,15 +75,18 @@ def journal_fields(logger: WrappedLogger, method_name: str, event_dict: EventDic
     traceback = event_dict.pop("exception", None)
     extra = {key: value for key, value in event_dict.items() if value is not None}
     message = " ".join([event, *(f"{key}={_quoted(value)}" for key, value in extra.items())])
+    message = visible(message)
     if traceback:
-        message += "\n" + str(traceback)
-    fields: dict[str, object] = {field_name(key): value for key, value in extra.items()}
+        message += "\n" + visible(str(traceback), keep="\n\t")
+    fields: dict[str, object] = {
+        field_name(key): visible(str(value), keep="\n\t") for key, value in extra.items()
+    }
     # Set last so that a bound key such as `message=` cannot replace them.
     fields |= {
         "MESSAGE": message,
         "PRIORITY": PRIORITIES.get(level, PRIORITIES["info"]),
         "SYSLOG_IDENTIFIER": IDENTIFIER,
-        "EVENT": event,
+        "EVENT": visible(event),
     }
     return fields
 

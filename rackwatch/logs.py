@@ -7,7 +7,10 @@
 - json: one JSON object per line with a UTC ISO timestamp, anywhere else.
 
 Whatever the output, `Scrubber` runs before rendering so that no secret reaches a log line, and
-library loggers (aiohttp, apscheduler, asyncio) are routed through the same pipeline.
+library loggers (aiohttp, apscheduler, asyncio) are routed through the same pipeline. On the
+console, control characters in values show as visible escapes (`\x1b`, `\n`), so that text from
+upstream cannot move the cursor or split a line; journald's fields keep their newlines but no
+other control character; JSON lines are exact, as JSON escapes them.
 """
 
 from __future__ import annotations
@@ -19,17 +22,15 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal, TextIO
-from urllib.parse import quote
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from rackwatch import journald
+from rackwatch.safe_text import REDACTED, Redactor, visible
 
 LogFormat = Literal["auto", "console", "json", "journald"]
 Output = Literal["console", "json", "journald"]
-
-REDACTED = "***"
 
 
 def configure(
@@ -63,11 +64,10 @@ def configure(
         processors.append(journald.journal_fields)
         factory = _always(journald.JournalWriter(journal_socket, fallback=stream))
     else:
-        processors.append(
-            structlog.dev.ConsoleRenderer(colors=_colour(lines))
-            if output == "console"
-            else structlog.processors.JSONRenderer()
-        )
+        if output == "console":
+            processors += [_visible, structlog.dev.ConsoleRenderer(colors=_colour(lines))]
+        else:
+            processors.append(structlog.processors.JSONRenderer())
         factory = structlog.PrintLoggerFactory(lines)
     structlog.configure(
         processors=processors,
@@ -87,32 +87,21 @@ def pick_output(stream: TextIO, journal_socket: str | os.PathLike[str]) -> Outpu
 
 
 _SECRET_KEY = re.compile(r"authori[sz]ation|token|secret|passw(?:or)?d|api[-_]?key", re.IGNORECASE)
-# The userinfo of a URL ("user:password@"), up to the last "@" before the host.
-_URL_USERINFO = re.compile(r"(?<=://)[^\s/?#]+@")
 
 
 class Scrubber:
     """structlog processor: keeps secrets out of every value, nested ones and exception text included.
 
-    It removes the userinfo of URLs, the given secret strings (also percent-encoded), and the whole
-    value of keys named like a credential (authorization, token, secret, password, api_key).
+    It removes what `safe_text.Redactor` does (the given secret strings, also percent-encoded and
+    base64, any Authorization header's value, the userinfo of URLs), and the whole value of keys
+    named like a credential (authorization, token, secret, password, api_key).
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        variants = {
-            form for secret in secrets if secret for form in (secret, quote(secret, safe=""))
-        }
-        # Longest first, so that a secret holding another one is replaced whole.
-        self._secrets = sorted(variants, key=len, reverse=True)
+        self.text = Redactor(secrets)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         return {key: self._value(key, value) for key, value in event_dict.items()}
-
-    def text(self, text: str) -> str:
-        text = _URL_USERINFO.sub(REDACTED + "@", text)
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return text
 
     def _value(self, key: object, value: object) -> object:
         if isinstance(key, str) and _SECRET_KEY.search(key):
@@ -130,6 +119,29 @@ class Scrubber:
         if self.text(text) != text or self.text(representation) != representation:
             return self.text(text)
         return value
+
+
+# What the console shows as it is: the event's text, and the traceback on lines of its own.
+_SHOWN_AS_IT_IS = {"event": "", "exception": "\n", "stack": "\n"}  # key -> characters kept
+# The console shows a value holding any of these as its repr(), which escapes control
+# characters itself; any other text value it shows as it is.
+_QUOTED_BY_CONSOLE = frozenset(" \t=\r\n\"'")
+
+
+def _visible(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor of the console: no control character reaches the terminal as it is.
+
+    Text the console would show as it is has its control characters turned into escapes; other
+    values it shows as their repr(), which escapes them already.
+    """
+    shown = {}
+    for key, value in event_dict.items():
+        if isinstance(value, str) and key in _SHOWN_AS_IT_IS:
+            value = visible(value, keep=_SHOWN_AS_IT_IS[key])
+        elif isinstance(value, str) and not _QUOTED_BY_CONSOLE.intersection(value):
+            value = visible(value)
+        shown[key] = value
+    return shown
 
 
 def _is_terminal(stream: TextIO) -> bool:

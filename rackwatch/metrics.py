@@ -2,7 +2,10 @@
 
 Every scrape reads the state file through the daemon's own Store, so the figures are the
 recorded ones and a restart neither loses nor zeroes them. The daemon is one asyncio thread
-and the handlers run in its loop, so the synchronous store is called directly.
+and the handlers run in its loop, so the synchronous store is called directly. A scrape never
+reads the checks' history: each agent's marks (kept current as each check is written) are read
+once per cycle of its rack, and each scrape reads each rack's latest cycle and incident and the
+counts of outcomes, so it costs the same whatever history the file keeps.
 
     gauges, per agent {rack, agent}:
       rackwatch_agent_health{state}                 1 for its state, 0 for the other three
@@ -24,11 +27,10 @@ and rackwatch's store, health and errors.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
@@ -46,7 +48,9 @@ RackList = Callable[[], Iterable[str]]
 
 
 class StateCollector:
-    """Reads the metrics from the state file at each scrape.
+    """Reads the metrics from the state file at each scrape: each rack's latest cycle and
+    incident and the counts of outcomes; each agent's marks once per cycle of its rack, when
+    the cycle starts and when it ends (about 0.1 s at 2,000 agents).
 
     The per-agent and per-rack gauges cover `racks()` (by default, every rack in the state
     file): a rack taken out of the configuration leaves no incident open in the metrics.
@@ -55,20 +59,46 @@ class StateCollector:
     def __init__(self, store: Store, racks: RackList | None = None) -> None:
         self._store = store
         self._racks = racks
-        # checks_total is a running total read from the ids it has not counted yet: counting
-        # every check at every scrape would read the whole history each time.
-        self._checks: Counter[tuple[str, str]] = Counter()
-        self._checks_above = 0
-        self._checks_unfinished: frozenset[int] = frozenset()
+        # The per-agent gauges, built once per cycle: what each rack's latest cycle was when
+        # they were built, and them.
+        self._agents_of: tuple[object, ...] | None = None
+        self._agents: list[Metric] = []
 
     def collect(self) -> list[Metric]:
         # One read transaction: every figure of a scrape comes from the same state.
         with self._store.reading():
-            racks = list(self._racks()) if self._racks is not None else self._store.racks()
-            metrics = self._agent_metrics(racks) + self._rack_metrics(racks)
+            self.agents_key()
+            return self._agents + self.other_metrics()
+
+    def agents_key(self) -> tuple[object, ...]:
+        """What the per-agent gauges were built from; they are built again when it changed."""
+        with self._store.reading():
+            racks = self._rack_names()
+            cycles = self._cycles_of(racks)
+            if cycles != self._agents_of:
+                self._agents, self._agents_of = self._agent_metrics(racks), cycles
+        return cycles
+
+    def agent_metrics(self) -> list[Metric]:
+        """The per-agent gauges as `agents_key()` last built them."""
+        return self._agents
+
+    def other_metrics(self) -> list[Metric]:
+        """The per-rack gauges and the counters, read afresh."""
+        with self._store.reading():
+            metrics = self._rack_metrics(self._rack_names())
             metrics.append(self._checks_metric())
             metrics.append(self._upstream_metric())
         return metrics
+
+    def _rack_names(self) -> list[str]:
+        return list(self._racks()) if self._racks is not None else self._store.racks()
+
+    def _cycles_of(self, racks: Sequence[str]) -> tuple[object, ...]:
+        """Each rack's latest cycle, partial or not, as it stands: the per-agent gauges change
+        as a cycle's checks are written, and are read again once it starts or ends."""
+        latest = [self._store.last_cycle(rack, partial=True) for rack in racks]
+        return tuple(racks), tuple((c.id, c.status) if c else None for c in latest)
 
     def _agent_metrics(self, racks: Sequence[str]) -> list[Metric]:
         labels = ["rack", "agent"]
@@ -94,19 +124,16 @@ class StateCollector:
         )
         recorded = self._store.health()
         for rack in racks:
-            states = self._store.agent_states(rack)
-            passes = self._store.last_passes([state.agent for state in states])
-            for state in states:
-                agent = state.agent
+            for figures in self._store.agent_figures(rack):
+                agent = figures.agent
                 current = recorded[agent][1].state if agent in recorded else Health.UNKNOWN
                 for each in Health:
                     health.add_metric([rack, agent, each], 1.0 if each is current else 0.0)
-                if state.last is not None and state.last.finished_at is not None:
-                    last_check.add_metric([rack, agent], state.last.finished_at.timestamp())
-                failures.add_metric([rack, agent], state.consecutive_failures)
-                passed = passes.get(agent)
-                if passed is not None and passed.duration_s is not None:
-                    provision.add_metric([rack, agent], passed.duration_s)
+                if figures.last_check_at is not None:
+                    last_check.add_metric([rack, agent], figures.last_check_at.timestamp())
+                failures.add_metric([rack, agent], figures.consecutive_failures)
+                if figures.last_provision_s is not None:
+                    provision.add_metric([rack, agent], figures.last_provision_s)
         return [health, last_check, failures, provision]
 
     def _rack_metrics(self, racks: Sequence[str]) -> list[Metric]:
@@ -134,23 +161,17 @@ class StateCollector:
                 duration.add_metric([rack], elapsed.total_seconds())
         return [incident, last_cycle, duration]
 
-    def count_checks(self) -> None:
-        """Add the checks ended since the last count to the totals; the first count reads all."""
-        counted = self._store.count_outcomes(
-            above=self._checks_above, among=self._checks_unfinished
-        )
-        self._checks.update(counted.counts)
-        self._checks_above = counted.above
-        self._checks_unfinished = counted.unfinished
+    def count_checks(self) -> dict[tuple[str, str], int]:
+        """The checks ended, by (rack, outcome), as the state file counts them."""
+        return self._store.outcome_totals()
 
     def _checks_metric(self) -> Metric:
-        self.count_checks()
         checks = CounterMetricFamily(
             "rackwatch_checks_total",
             "Checks ended, by rack and outcome.",
             labels=["rack", "outcome"],
         )
-        for (rack, outcome), value in sorted(self._checks.items()):
+        for (rack, outcome), value in sorted(self.count_checks().items()):
             checks.add_metric([rack, outcome], value)
         return checks
 
@@ -166,15 +187,43 @@ class StateCollector:
         return errors
 
 
+class _Part:
+    """A registry's collector: some of a StateCollector's metrics."""
+
+    def __init__(self, metrics: Callable[[], list[Metric]]) -> None:
+        self.collect = metrics
+
+
 def metrics_app(collector: StateCollector, is_running: Callable[[], bool]) -> web.Application:
-    """The web application: /metrics from the collector, /healthz from `is_running()`."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    exposition = make_aiohttp_handler(registry)
+    """The web application: /metrics from the collector, /healthz from `is_running()`.
+
+    The per-agent gauges are written out as text once per `collector.agents_key()` and format
+    asked for (that text is most of a scrape's cost); the rest is written at each scrape.
+    """
+    agents, others = CollectorRegistry(auto_describe=False), CollectorRegistry(auto_describe=False)
+    agents.register(_Part(collector.agent_metrics))
+    others.register(_Part(collector.other_metrics))
+    agents_exposition = make_aiohttp_handler(agents, disable_compression=True)
+    others_exposition = make_aiohttp_handler(others)
+    written: dict[str, bytes] = {}  # by format asked for: the per-agent gauges as text
+    written_for: list[tuple[object, ...]] = []  # the agents_key() they were written for
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         try:
-            return await exposition(request)
+            key = collector.agents_key()
+            if written_for != [key]:
+                written.clear()
+                written_for[:] = [key]
+            asked = ",".join(request.headers.getall(hdrs.ACCEPT, [])) + "?" + request.query_string
+            if asked not in written:
+                part = await agents_exposition(request)
+                assert isinstance(part, web.Response) and isinstance(part.body, bytes)
+                text = part.body
+                written[asked] = text.removesuffix(b"# EOF\n")  # OpenMetrics ends once, below
+            response = await others_exposition(request)
+            assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+            response.body = written[asked] + response.body
+            return response
         except StoreError as exc:
             log.error("metrics.scrape_failed", error=str(exc))
             return web.Response(status=503, text=f"cannot read the state file: {exc}\n")
@@ -215,9 +264,6 @@ async def start_metrics(
 ) -> MetricsEndpoint:
     """Listen on `address` (host, port). Raises ConfigError if it cannot be listened on."""
     collector = StateCollector(store, racks)
-    # The first count reads every check (about half a second for 800,000): done here, before
-    # the scheduler starts, rather than in a scrape while jobs are being followed.
-    collector.count_checks()
     # No access log: a scrape every few seconds would bury the events that matter.
     runner = web.AppRunner(metrics_app(collector, is_running), access_log=None)
     await runner.setup()

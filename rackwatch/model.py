@@ -6,7 +6,7 @@ library, so the decisions in `policy` and every adapter can share it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -85,6 +85,40 @@ class Agent:
     comment: str = ""
     provision_streak_type: str | None = None  # "pass" or "fail"
     provision_streak_count: int | None = None
+
+    @property
+    def lacking(self) -> tuple[str, ...]:
+        """The fields of its record that the stale and quarantine rules need and that it lacks.
+
+        Testflinger sets updated_at whenever anything is posted about an agent, so a record
+        without it (or with one unreadable) was cut short, as the server's declared output
+        schema would cut it: then provision_streak_* are not to be had either. A record with
+        updated_at and no streak is an agent that never provisioned, which lacks nothing.
+        """
+        if self.updated_at is not None:
+            return ()
+        if self.provision_streak_type is None:
+            return ("updated_at", "provision_streak_*")
+        return ("updated_at",)
+
+
+# The rule that a field of an agent record serves: off for every agent whose record lacks it.
+DETECTION_BY_FIELD = {"updated_at": "stale", "provision_streak_*": "quarantine"}
+
+
+def detection_off(agents: Iterable[Agent]) -> list[tuple[str, str]]:
+    """(field, line) for each field some of the agents' records lack, the line saying which
+    detection that turns off: "stale detection is off for 3 agents: Testflinger's records lack
+    updated_at"."""
+    listed = list(agents)
+    found = []
+    for field, rule in DETECTION_BY_FIELD.items():
+        count = sum(field in agent.lacking for agent in listed)
+        if count:
+            agents_text = f"{count} agent{'s' if count != 1 else ''}"
+            line = f"{rule} detection is off for {agents_text}: Testflinger's records lack {field}"
+            found.append((field, line))
+    return found
 
 
 # Job states after which Testflinger does nothing more with a job. "cancelled" is final only

@@ -52,21 +52,42 @@ class Decision:
         return self.agent.name if self.agent is not None else self.machine.hostname
 
 
-def match_agents(
-    machines: Sequence[Machine], agents: Iterable[Agent], location: str = ""
-) -> list[tuple[Machine, Agent | None]]:
-    """Pair each machine with the agent of the same name (case-insensitive).
+@dataclass(frozen=True, slots=True)
+class AgentIndex:
+    """Every agent of the server, indexed once per cycle for all its racks.
 
-    With `location`, only agents whose location contains that text (case-insensitive) count.
+    `by_name` holds the agents of the location (all when it is "") by casefolded name;
+    `servers` how many agents listen on each queue, across the whole server.
     """
+
+    by_name: Mapping[str, Sequence[Agent]]
+    servers: Mapping[str, int]
+
+
+def index_agents(agents: Iterable[Agent], location: str = "") -> AgentIndex:
+    """The index of the agents; with `location`, by_name keeps only agents whose location
+    contains that text (case-insensitive)."""
+    agents = list(agents)
     wanted = location.casefold()
     by_name: dict[str, list[Agent]] = {}
     for agent in agents:
         if wanted in agent.location.casefold():
             by_name.setdefault(agent.name.casefold(), []).append(agent)
+    return AgentIndex(by_name, count_queue_servers(agents))
+
+
+def match_agents(
+    machines: Sequence[Machine], agents: Iterable[Agent] | AgentIndex, location: str = ""
+) -> list[tuple[Machine, Agent | None]]:
+    """Pair each machine with the agent of the same name (case-insensitive).
+
+    With `location`, only agents whose location contains that text (case-insensitive) count
+    (an index is already of its location).
+    """
+    index = agents if isinstance(agents, AgentIndex) else index_agents(agents, location)
     pairs: list[tuple[Machine, Agent | None]] = []
     for machine in machines:
-        candidates = by_name.get(machine.hostname.casefold(), [])
+        candidates = index.by_name.get(machine.hostname.casefold(), ())
         exact = [a for a in candidates if a.name == machine.hostname]
         best = exact or candidates
         pairs.append((machine, best[0] if best else None))
@@ -177,40 +198,25 @@ NO_HELD_JOBS = HeldJobs(by_id={}, by_queue={})
 
 def plan_rack(
     machines: Sequence[Machine],
-    agents: Sequence[Agent],
+    agents: AgentIndex,
     *,
-    location: str,
     now: datetime,
     limits: Limits,
     held: HeldJobs = NO_HELD_JOBS,
 ) -> list[Decision]:
-    """A decision for every machine of a rack, given every agent of the server.
+    """A decision for every machine of a rack, given the index of every agent of the server.
 
     No job goes to a queue that already holds a rackwatch job (`held`), whatever made it.
     """
-    servers = count_queue_servers(agents)
     return [
-        hold(decide(machine, agent, servers=servers, now=now, limits=limits), held, now, limits)
-        for machine, agent in match_agents(machines, agents, location)
+        hold(
+            decide(machine, agent, servers=agents.servers, now=now, limits=limits),
+            held,
+            now,
+            limits,
+        )
+        for machine, agent in match_agents(machines, agents)
     ]
-
-
-def recheck(
-    decision: Decision,
-    fresh: Agent | None,
-    *,
-    held: HeldJobs = NO_HELD_JOBS,
-    now: datetime,
-    limits: Limits,
-) -> Decision:
-    """The decision again, on the agent as read just before submitting."""
-    if fresh is None:
-        return Decision(decision.machine, None, Outcome.NO_AGENT, detail="the agent disappeared")
-    if fresh.state != "waiting":
-        job = f", job {fresh.job_id}" if fresh.job_id else ""
-        busy = Decision(decision.machine, fresh, Outcome.BUSY, detail=f"became {fresh.state}{job}")
-        return hold(busy, held, now, limits)
-    return decision
 
 
 def hold(decision: Decision, held: HeldJobs, now: datetime, limits: Limits) -> Decision:
@@ -296,6 +302,19 @@ def judge(result: JobResult) -> tuple[Outcome, str] | None:
     if result.state == "cancelled":
         return Outcome.FAILED, "provisioning never ran: the job was cancelled before it started"
     return Outcome.FAILED, f"provisioning never ran (job {result.state} without a provision status)"
+
+
+def runs_on_cancelled(result: JobResult, last_state: str | None) -> bool:
+    """Whether a job read "cancelled" still runs on its agent, to end "complete" later.
+
+    A cancel never interrupts a provisioning: an agent that had taken the job (it was last seen
+    past "waiting", or its setup ended) runs it to its end, then posts "complete" with the
+    provision status. A job no agent took stays cancelled; `last_state` is the state the job
+    was last seen in before, None when never.
+    """
+    if result.state != "cancelled" or result.provision_status is not None:
+        return False
+    return result.setup_status is not None or last_state not in (None, "waiting")
 
 
 def is_overdue(submitted_at: datetime, now: datetime, limits: Limits) -> bool:

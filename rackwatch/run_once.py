@@ -2,8 +2,9 @@
 
 The racks are held for the cycle (a dry run holds none, on a throwaway state file), the cycle
 is `check.run_cycle` with the live progress line on a terminal, and the alerts it queued are
-delivered after it. The command prints the reports. May import: `alerts`, `check`, `clients`,
-`config`, `locks`, `progress` and `store`.
+delivered after it; the configuration's warnings are logged once before it. The command prints
+the reports. May import: `alerts`, `check`, `clients`, `config`, `config_warnings`, `locks`,
+`progress` and `store`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from pathlib import Path
 
+import structlog
+
 from rackwatch import alerts
 from rackwatch.check import RackReport, racks_holding, run_cycle
 from rackwatch.clients import RetryPolicy, connect
 from rackwatch.config import Settings
+from rackwatch.config_warnings import config_warnings
 from rackwatch.errors import StoreError, UsageError
 from rackwatch.locks import RackLocks
 from rackwatch.progress import Progress
 from rackwatch.store import Store
+
+log = structlog.get_logger("rackwatch.run_once")
 
 
 @contextmanager
@@ -61,6 +67,8 @@ async def check_racks(
 
     With `agents`, a partial cycle of only those agents of the racks.
     """
+    for line in config_warnings(settings, settings.config_mode):
+        log.warning("config.warning", detail=line)
     progress = Progress(racks) if sys.stderr.isatty() else None
     shown: AbstractAsyncContextManager[None] = progress.ticking() if progress else nullcontext()
     with Store.open(state_file) as store:

@@ -98,7 +98,7 @@ def write_config(
     testflinger: str = "",
 ) -> Path:
     """A configuration of the lab's racks (or `racks`), `extra` ending its [check] section and
-    `testflinger` its [testflinger] section."""
+    `testflinger` its [testflinger] section; private (0600), as a file with a secret should be."""
     path.write_text(f"""
 racks = {json.dumps(lab.rack_names if racks is None else racks)}
 state_file = "{state_file}"
@@ -114,6 +114,7 @@ job_timeout = 3
 submit_grace = "1s"
 {extra}
 """)
+    path.chmod(0o600)
     return path
 
 
@@ -188,6 +189,7 @@ poll_interval = 0.1
 job_timeout = 20
 submit_grace = "1s"
 """)
+        self.config.chmod(0o600)
 
     async def start(self) -> asyncio.subprocess.Process:
         self.notify.messages.clear()
@@ -247,6 +249,7 @@ class Receiver:
 
     url: str = ""
     messages: list[dict[str, Any]] = field(default_factory=list)  # accepted, in order
+    bodies: list[bytes] = field(default_factory=list)  # the accepted ones as sent, byte for byte
     requests: int = 0
     fail: list[int] = field(default_factory=list)  # statuses to answer next, one per request
     refuse: Callable[[dict[str, Any]], bool] = lambda payload: False  # answered 400
@@ -266,6 +269,7 @@ class Receiver:
         if self.refuse(payload):
             return web.json_response({"message": "invalid payload"}, status=400)
         self.messages.append(payload)
+        self.bodies.append(await request.read())
         return web.Response(text="ok")
 
     def kinds(self) -> list[list[tuple[str, str | None]]]:

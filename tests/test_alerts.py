@@ -205,6 +205,64 @@ def test_upstream_text_cannot_become_a_mention_or_a_link() -> None:
     assert "&lt;!channel&gt; see &lt;http://evil.example|here&gt; &amp; more" in text
 
 
+ZWJ = "\u200d"
+# An agent name, a reason and a provision log line as upstream could write them: mentions,
+# Markdown links and images, Slack's link form, a newline, an escape sequence, a backslash.
+HOSTILE_AGENT = "m1 @here"
+HOSTILE_REASON = (
+    "failed: @channel see [docs](http://evil.example) ![x](http://evil.example/x.png)"
+    " <http://evil.example|here> & <!channel>\nsecond line \x1b[2J"
+)
+HOSTILE_LINE = "ERROR: @all \\[click](http://e) done"
+
+
+def hostile_alert() -> dict[str, Any]:
+    unhealthy = {
+        **event("unhealthy", HOSTILE_AGENT, HOSTILE_REASON, "j-1"),
+        "error_line": HOSTILE_LINE,
+    }
+    return {"rack": "r@ck", "cycle_id": 1, "events": [unhealthy]}
+
+
+# The text of `hostile_alert()`, byte for byte: nothing in it mentions, links or splits a line,
+# and rackwatch's own link to the job stays a link.
+HOSTILE_TEXT = (
+    f"rackwatch · r@{ZWJ}ck: 1 agent unhealthy\n"
+    f"🔴 m1 @{ZWJ}here unhealthy: failed: @{ZWJ}channel see \\[docs\\](http://evil.example)"
+    " !\\[x\\](http://evil.example/x.png) &lt;http://evil.example|here&gt; &amp; &lt;!channel&gt;"
+    f"\\nsecond line \\x1b\\[2J: ERROR: @{ZWJ}all \\\\\\[click\\](http://e) done"
+    f" — job {TF}jobs/j-1"
+)
+
+
+def test_upstream_text_is_plain_text_on_one_line_and_rackwatchs_links_stay_links() -> None:
+    """Mentions get a zero-width joiner, Markdown's brackets a backslash, control characters
+    an escape; the events as data keep every string exact."""
+    body = hostile_alert()
+    payload = render(Alert.from_json(body), testflinger_url=TF)
+    assert payload["text"] == HOSTILE_TEXT
+    assert len(payload["text"].splitlines()) == 2
+    assert payload["events"] == [{**body["events"][0], "url": f"{TF}jobs/j-1"}]
+
+
+async def test_the_webhook_receives_the_escaped_text_byte_for_byte(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """What reaches the webhook is the JSON of the text above and the exact events."""
+    state_file = tmp_path / "state.db"
+    with Store.open(state_file) as store:
+        cycle_id = queue(store, *hostile_alert()["events"], rack_name="r@ck")
+    assert await deliver(state_file, receiver) == (1, 0)
+    [unhealthy] = hostile_alert()["events"]
+    expected = {
+        "text": HOSTILE_TEXT,
+        "rack": "r@ck",
+        "cycle_id": cycle_id,
+        "events": [{**unhealthy, "url": f"{TF}jobs/j-1"}],
+    }
+    assert receiver.bodies == [json.dumps(expected).encode()]
+
+
 def test_a_whole_rack_changing_at_once_is_cut_short_but_kept_whole_as_data() -> None:
     """The text stops after MAX_LINES events and says how many more; the events list keeps all."""
     events = [event("recovered", f"m{i:03d}", "passed") for i in range(MAX_LINES + 25)]
@@ -392,7 +450,7 @@ async def test_the_webhook_url_never_reaches_a_log_line_or_an_error(
 
     names = [entry["event"] for entry in logs]
     assert names.count("alert.failed") == 2
-    assert "stamina.retry_scheduled" in names  # retries are logged, with their cause
+    assert "http.retry_scheduled" in names  # retries are logged, with their cause
     [(_, error)] = pending(state_file)
     assert error is not None and error.startswith("webhook POST: cannot connect")
     assert str(raised.value) == "webhook POST answered 500: failing on purpose: ***"

@@ -226,7 +226,9 @@ async def test_a_bad_rack_name_is_a_usage_error(setup: Setup, racks: list[str]) 
     assert setup.lab.requests.total() == 0
 
 
-@pytest.mark.parametrize("command", ["status", "history", "check-config", "silence", "unsilence"])
+@pytest.mark.parametrize(
+    "command", ["status", "history", "check-config", "silence", "unsilence", "web"]
+)
 def test_every_command_has_help_with_an_example(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -485,6 +487,7 @@ async def test_an_unknown_option_shows_the_usage_of_its_command() -> None:
         (["check-config"], "check-config"),
         (["silence", "r1-m1"], "silence"),
         (["unsilence", "r1-m1"], "unsilence"),
+        (["web"], "web"),
         (["alerts"], "alerts"),
         (["alerts", "test"], "alerts test"),
     ],
@@ -516,7 +519,9 @@ async def test_a_mistyped_key_is_answered_with_the_key_it_is_close_to(tmp_path: 
 @pytest.mark.skipif(
     Path("/etc/rackwatch/config.toml").exists(), reason="a configuration is at the default path"
 )
-@pytest.mark.parametrize("command", [["status"], ["history", "r1-m1"], ["silence", "--list"]])
+@pytest.mark.parametrize(
+    "command", [["status"], ["history", "r1-m1"], ["silence", "--list"], ["web"]]
+)
 async def test_the_operator_commands_without_a_config_say_how_to_give_one(
     command: list[str],
 ) -> None:
@@ -529,3 +534,25 @@ async def test_the_operator_commands_without_a_config_say_how_to_give_one(
         " configuration file with --config PATH or RACKWATCH_CONFIG, or copy"
         " config.example.toml, from rackwatch's source, to /etc/rackwatch/config.toml"
     ]
+
+
+@pytest.mark.parametrize("listen", ["9464", "host:", ":9464", "h:65536", "h:-1", "h:port"])
+def test_web_refuses_an_address_that_is_not_host_port(
+    listen: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """web --listen takes HOST:PORT only: anything else is its usage error, exit 2."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["web", "--listen", listen])
+    assert exited.value.code == 2
+    assert "must be HOST:PORT, e.g. 127.0.0.1:9464" in capsys.readouterr().err
+
+
+async def test_web_help_lists_its_pages_and_exit_codes() -> None:
+    """web --help names every page, the ssh tunnel, and each exit code the README gives."""
+    done = await rackwatch("web", "--help")
+    assert done.code == 0
+    for said in ["/racks/RACK", "/agents/AGENT", "/api/status", "ssh -L 9464:127.0.0.1:9464"]:
+        assert said in done.out
+    text = " ".join(done.out.split())
+    exits = text[text.index("Exits ") :]
+    assert re.findall(r"\b(\d+) (?:when|on)\b", exits) == ["0", "2", "66", "78"]

@@ -227,7 +227,7 @@ async def test_retry_after_sets_the_wait_before_the_next_attempt() -> None:
             elapsed = time.monotonic() - started
     assert len(machines) == 3
     assert lab.requests[MACHINES] == 2
-    assert [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"] == [0.3]
+    assert [e["wait_for"] for e in logs if e["event"] == "http.retry_scheduled"] == [0.3]
     assert elapsed >= 0.29
 
 
@@ -238,7 +238,7 @@ async def test_retry_after_is_capped_by_the_policy() -> None:
     async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
         with structlog.testing.capture_logs() as logs:
             await clients.maas.machines("rack-a")
-    assert [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"] == [0.05]
+    assert [e["wait_for"] for e in logs if e["event"] == "http.retry_scheduled"] == [0.05]
 
 
 async def test_a_maas_conflict_is_retried() -> None:
@@ -683,7 +683,7 @@ async def test_a_post_that_cannot_connect_is_retried_and_unavailable() -> None:
             await clients.testflinger.submit({"job_queue": "a-m1", "job_id": str(uuid.uuid4())})
     assert type(caught.value) is UpstreamUnavailable
     assert "cannot connect" in str(caught.value)
-    assert len([e for e in logs if e["event"] == "stamina.retry_scheduled"]) == 2
+    assert len([e for e in logs if e["event"] == "http.retry_scheduled"]) == 2
 
 
 async def test_active_jobs_and_job_definitions_round_trip() -> None:
@@ -799,7 +799,7 @@ async def test_an_expired_token_is_renewed_once_and_the_call_replayed() -> None:
     assert len(agents) == 4
     assert lab.logins == 2
     assert lab.requests["GET /v1/agents/data"] == 3  # one, then one refused and its replay
-    assert [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"] == [0.0]
+    assert [e["wait_for"] for e in logs if e["event"] == "http.retry_scheduled"] == [0.0]
     listings = [header for path, header in lab.authorizations if path == "/v1/agents/data"]
     assert listings[0] == listings[1] != listings[2]
 
@@ -823,7 +823,7 @@ async def test_a_retry_after_a_500_carries_a_fresh_token_once_the_old_one_expire
     newest = list(lab.tokens)[-1]
     assert reads == [reads[0], reads[0], f"Bearer {newest}"]
     assert reads[0] != reads[2]
-    waits = [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"]
+    waits = [e["wait_for"] for e in logs if e["event"] == "http.retry_scheduled"]
     assert len(waits) == 2
     assert waits[0] > 0.0  # backoff after the 500
     assert waits[1] == 0.0  # at once after the renewal
@@ -913,7 +913,7 @@ async def test_a_wrong_testflinger_secret_is_an_auth_error_that_quotes_no_secret
     assert caught.value.status == 401
     assert lab.logins == 0
     assert lab.requests["GET /v1/agents/data"] == 0
-    assert any(entry["event"] == "stamina.retry_scheduled" for entry in logs)
+    assert any(entry["event"] == "http.retry_scheduled" for entry in logs)
     texts = [
         str(caught.value),
         "".join(traceback.format_exception(caught.value)),
@@ -945,3 +945,104 @@ async def test_no_login_against_a_locked_down_server_is_an_auth_error() -> None:
     assert "Authentication is required" in str(caught.value)
     assert lab.requests["GET /v1/agents/data"] == 1
     assert lab.requests["POST /v1/oauth2/token"] == 0
+
+
+# -- userinfo, redaction and the log lines of retries ----------------------------------------------
+
+
+def with_userinfo(url: str, userinfo: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{userinfo}@{rest}"
+
+
+async def test_the_userinfo_of_a_url_is_sent_as_basic_unless_the_request_signs_itself() -> None:
+    """A URL's user:password@ is HTTP Basic for a bare request; MAAS's OAuth and Testflinger's
+    Bearer win over it. Neither URL is sent with it, and no message names it."""
+    lab = make_lab(testflinger_login=LOGIN)
+    async with lab.serve() as urls:
+        settings = settings_for(
+            urls,
+            maas={"url": with_userinfo(urls.maas, "proxy:maas-pw")},
+            testflinger={
+                "url": with_userinfo(urls.testflinger, "proxy:tf-pw"),
+                "client_id": LOGIN[0],
+                "secret": LOGIN[1],
+            },
+        )
+        async with connect(settings, FAST_RETRY) as clients:
+            assert len(await clients.maas.machines("rack-a")) == 3
+            assert len(await clients.testflinger.agents()) == 4
+        async with make_session() as session:
+            http = Http("testflinger", Pool(session, asyncio.Semaphore(1)), timeout_s=5)
+            with pytest.raises(UpstreamAuthError) as refused:
+                await http.request("GET", with_userinfo(urls.testflinger, "u:p") + "v1/agents/data")
+    sent = dict(lab.authorizations)
+    assert sent["/MAAS/api/2.0/machines/"].startswith("OAuth ")
+    basic = base64.b64encode(f"{LOGIN[0]}:{LOGIN[1]}".encode()).decode()
+    assert sent["/v1/oauth2/token"] == f"Basic {basic}"
+    assert next(h for p, h in lab.authorizations if p == "/v1/agents/data").startswith("Bearer ")
+    # The bare request: Basic from its URL, which the lab counts as no role at all.
+    assert lab.authorizations[-1] == ("/v1/agents/data", "Basic dTpw")
+    assert str(refused.value).startswith("testflinger GET /v1/agents/data refused the credentials")
+
+
+async def test_an_echoed_authorization_header_is_redacted_from_the_error() -> None:
+    """An error page showing the request's headers back names no credential of any kind."""
+    lab = make_lab(testflinger_login=LOGIN)
+    lab.inject(Fault(FaultKind.ECHO_HEADERS, "testflinger", path="/v1/agents/data", status=400))
+    lab.inject(Fault(FaultKind.ECHO_HEADERS, "maas", status=400))
+    async with lab.serve() as urls, connect(login_settings(urls), FAST_RETRY) as clients:
+        with pytest.raises(UpstreamResponseError) as listing:
+            await clients.testflinger.agents()
+        with pytest.raises(UpstreamResponseError) as machines:
+            await clients.maas.machines("rack-a")
+    [token] = lab.tokens
+    assert "Authorization: *** Host:" in str(listing.value)  # the page sorts the headers
+    assert "Authorization: *" in str(machines.value)  # cut short there
+    assert_nothing_says(
+        [str(listing.value), str(machines.value)],
+        token,
+        LOGIN[1],
+        MAAS_SECRET,
+        *DEFAULT_MAAS_API_KEY.split(":"),
+    )
+
+
+async def test_the_retries_of_one_request_are_named_and_joined_in_one_line() -> None:
+    """Each retry is a debug line naming the request; one line says how it ended, and how long
+    it took. stamina's own line, which names no request, is not logged."""
+    lab = make_lab()
+    lab.inject(Fault(FaultKind.UNAVAILABLE, "maas", times=2, retry_after=0.01))
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        with structlog.testing.capture_logs() as logs:
+            await clients.maas.machines("rack-a")
+            lab.inject(Fault(FaultKind.UNAVAILABLE, "maas", times=None, retry_after=0.01))
+            with pytest.raises(UpstreamUnavailable):
+                await clients.maas.machines("rack-a")
+    request = "maas GET /MAAS/api/2.0/machines/"
+    retries = [e for e in logs if e["event"] == "http.retry_scheduled"]
+    assert [(e["log_level"], e["request"], e["retry_num"]) for e in retries] == [
+        ("debug", request, 1),
+        ("debug", request, 2),
+        ("debug", request, 1),
+        ("debug", request, 2),
+    ]
+    assert retries[0]["caused_by"].startswith(f"{request} answered 503: ")
+    answered, gave_up = [e for e in logs if e["event"] == "http.retried"]
+    assert answered["log_level"] == "info"
+    assert (answered["request"], answered["attempts"], answered["answered"]) == (request, 3, 200)
+    assert gave_up["log_level"] == "warning"
+    assert (gave_up["request"], gave_up["attempts"]) == (request, 3)
+    assert gave_up["gave_up"].startswith(f"{request} answered 503: ")
+    assert 0 <= answered["seconds"] < 5
+    assert [e for e in logs if e["event"].startswith("stamina")] == []
+    assert "<context block>" not in repr(logs)
+
+
+async def test_a_request_answered_at_once_logs_nothing_of_retries() -> None:
+    """No retry, no line."""
+    lab = make_lab()
+    async with lab.serve() as urls, connect(settings_for(urls), FAST_RETRY) as clients:
+        with structlog.testing.capture_logs() as logs:
+            await clients.maas.machines("rack-a")
+    assert [e["event"] for e in logs if e["event"].startswith("http.")] == []

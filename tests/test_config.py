@@ -361,6 +361,12 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
             " 'provision_data'?)",
         ),
         (MAAS + "[check]\nzzz = 1\n", "check.zzz: unknown key"),
+        # The tables added last are searched too, and web before the deprecated metrics.
+        (MAAS + "[check]\nlisten = 1\n", "check.listen: unknown key (did you mean 'web.listen'?)"),
+        (
+            MAAS + "[check]\nkeep_check = 1\n",
+            "check.keep_check: unknown key (did you mean 'history.keep_checks'?)",
+        ),
     ],
 )
 def test_an_unknown_key_names_the_known_key_close_to_it(
@@ -503,6 +509,16 @@ def test_bad_env_value_names_the_variable_not_the_secret(
     message = config_error(tmp_path, MAAS)
     assert "maas.api_key (from MAAS_API_KEY): must look like" in message
     assert "check.concurrency (from RACKWATCH_CHECK__CONCURRENCY): " in message
+
+
+def test_a_bad_listener_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RACKWATCH_WEB__LISTEN is named as the origin of web.listen, like any section's variable."""
+    monkeypatch.setenv("RACKWATCH_WEB__LISTEN", "nowhere")
+    assert "web.listen (from RACKWATCH_WEB__LISTEN): must be host:port" in config_error(
+        tmp_path, MAAS
+    )
 
 
 def test_unknown_env_key_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -662,3 +678,29 @@ def test_history_keeps_checks_at_least_a_day(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"history.keep_checks.*at least 1d"):
         load_text(tmp_path, MAAS + '[history]\nkeep_checks = "2h"\n')
+
+
+def test_loaded_settings_know_their_file_mode_and_the_secrets_it_holds(tmp_path: Path) -> None:
+    """What the warnings need of the file: its permission bits and which secrets it gives."""
+    path = write_config(tmp_path, MAAS + '[alerts]\nwebhook_url = "https://chat/hooks/x"\n')
+    path.chmod(0o640)
+    settings = load_settings(path)
+    assert settings.config_mode == 0o640
+    assert settings.secrets_in_file == ("maas.api_key", "alerts.webhook_url")
+    built = Settings.from_mapping({"maas": {"url": "http://m/", "api_key": API_KEY}})
+    assert (built.config_mode, built.secrets_in_file) == (None, ())
+
+
+def test_every_name_of_the_configuration_is_importable_from_rackwatch_config() -> None:
+    """The package's parts stay its own business: the rest of rackwatch imports `config`."""
+    import rackwatch.config as config
+
+    used = {"Settings", "StateSettings", "load_settings", "load_state_settings"}
+    used |= {"default_config_path", "DEFAULT_CONFIG_PATH", "CREDENTIALS", "JOB_KEYS"}
+    used |= {"parse_duration", "Duration", "DurationOrZero", "job_url"}
+    used |= {f"{table}Settings" for table in ("Schedule", "Maas", "Testflinger", "Check")}
+    used |= {f"{table}Settings" for table in ("Health", "Alerts", "Metrics", "Web", "History")}
+    used |= {"TestflingerLinks"}
+    assert used <= set(config.__all__)
+    for name in config.__all__:
+        assert hasattr(config, name), name

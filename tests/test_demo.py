@@ -93,7 +93,8 @@ def test_demo_ends_with_the_report_and_the_directory_it_leaves(told: Told) -> No
     assert "no_queue" in report and "no_agent" in report
     assert "What the outcomes mean" in report
     config = told.config.resolve()
-    assert out.rstrip().endswith(f"rackwatch silence --list --config {config}")
+    assert f"rackwatch silence --list --config {config}\n" in out
+    assert out.rstrip().endswith(f"rackwatch web --config {config}")
     assert f"stay in {told.directory.resolve()}" in out
     assert f"rackwatch status --config {config}\n" in out
     assert f"rackwatch history tor3-a-m06 --config {config}\n" in out

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
 
-from rackwatch.clients._http import excerpt, format_size, nests_deeper, parse_retry_after
+from rackwatch.clients._body import (
+    excerpt,
+    format_size,
+    nests_deeper,
+    parse_retry_after,
+    text_nests_deeper,
+)
 
 
 @pytest.mark.parametrize(
@@ -72,12 +79,35 @@ def test_nesting_is_measured_in_levels_of_lists_and_objects(data: object, deeper
     assert nests_deeper(data, 3) is deeper
 
 
+@pytest.mark.parametrize(
+    ("text", "deeper"),
+    [
+        (b"[[[]]]", False),  # three levels: the limit
+        (b"[[[[]]]]", True),
+        (b'{"a": {"b": [1, "x", null]}}', False),
+        (b'{"a": [{"b": [{}]}]}', True),
+        (b'"[[[[]]]]"', False),  # brackets in a string nest nothing
+        (b'[["[[", "]]]"], {"{": "}}}"}]', False),
+        (b'[[["\\\\"], ["\\\\\\"[[[["]]]', False),  # escaped backslashes and quotes
+        (b'[[["\\\\", [[]]]]]', True),  # a string that ends in an escaped backslash
+        (b'[{"": [], "x": ""}, [[], []]]', False),
+        ('[[["\u00e9"]], [[[]]]]'.encode("utf-16"), True),  # as json.loads reads it
+    ],
+)
+def test_nesting_is_measured_on_the_text_as_on_the_decoded_value(text: bytes, deeper: bool) -> None:
+    """Measured on JSON text, the depth is that of the decoded value; strings add no level."""
+    assert nests_deeper(json.loads(text), 3) is deeper
+    assert text_nests_deeper(text, 3) is deeper
+
+
 def test_nesting_of_any_depth_is_measured_without_recursion() -> None:
     """Nesting far past the interpreter's recursion limit is measured, not a RecursionError."""
     data: list[object] = []
     for _ in range(100_000):
         data = [data]
     assert nests_deeper(data, 64)
+    assert text_nests_deeper(b"[" * 100_000 + b"]" * 100_000, 64)
+    assert not text_nests_deeper(b"[" * 64 + b"]" * 64, 64)
 
 
 def test_an_error_body_nested_too_deeply_is_quoted_as_text() -> None:

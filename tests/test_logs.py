@@ -354,3 +354,73 @@ def test_url_credentials_are_removed_up_to_the_host() -> None:
         "postgres://***@db/x and mail ops@example.org"
     )
     assert scrub.text("http://maas.example:5240/MAAS/") == "http://maas.example:5240/MAAS/"
+
+
+# What upstream wrote: an OSC title sequence, a screen clear, a newline and a bidi override.
+HOSTILE = "\x1b]0;pwned\x07down\x1b[2J\nnext line \u202egnp.exe"
+SHOWN = "\\x1b]0;pwned\\x07down\\x1b[2J\\nnext line \\u202egnp.exe"
+
+
+def test_console_lines_show_control_characters_as_escapes() -> None:
+    """On the console, a value from upstream can neither drive the terminal nor split the line."""
+    stream = io.StringIO()
+    logs.configure("info", "console", stream=stream)
+    structlog.get_logger().info("agent.offline", agent="m1\x1b[31m", comment=HOSTILE)
+    written = stream.getvalue()
+    # After the local timestamp, byte for byte.
+    assert written[len("2026-12-01 20:00:00 ") :] == (
+        f"[info     ] agent.offline                  agent=m1\\x1b[31m comment='{SHOWN}'\n"
+    )
+
+
+def test_console_tracebacks_keep_their_lines_but_no_other_control_character() -> None:
+    """A traceback stays multi-line; an escape sequence in its message does not reach the terminal."""
+    stream = io.StringIO()
+    logs.configure("info", "console", stream=stream)
+    try:
+        raise ValueError(HOSTILE)
+    except ValueError:
+        structlog.get_logger().exception("cycle.crashed")
+    written = stream.getvalue()
+    assert "\x1b" not in written and "\u202e" not in written and "\x07" not in written
+    lines = written.splitlines()
+    assert "Traceback (most recent call last):" in lines
+    assert lines[-2:] == ["ValueError: \\x1b]0;pwned\\x07down\\x1b[2J", "next line \\u202egnp.exe"]
+
+
+def test_journal_fields_keep_their_newlines_but_no_other_control_character(
+    journal: Journal,
+) -> None:
+    """A field keeps its text and its newline; MESSAGE stays one line; neither holds an escape."""
+    logs.configure("info", "journald", journal_socket=journal.path)
+    structlog.get_logger().info("agent.offline", comment=HOSTILE)
+    [entry] = journal.entries()
+    assert entry["COMMENT"] == ("\\x1b]0;pwned\\x07down\\x1b[2J\nnext line \\u202egnp.exe")
+    assert entry["MESSAGE"] == f'agent.offline comment="{SHOWN}"'.replace(
+        "\\x1b", "\\u001b"
+    ).replace("\\x07", "\\u0007")
+    assert entry["EVENT"] == "agent.offline"
+
+
+def test_json_lines_keep_upstream_text_exact() -> None:
+    """JSON escapes control characters itself: the value reads back exactly as upstream wrote it."""
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    structlog.get_logger().info("agent.offline", comment=HOSTILE)
+    [line] = stream.getvalue().splitlines()
+    assert "\x1b" not in line
+    assert json.loads(line)["comment"] == HOSTILE
+
+
+def test_the_scrubber_removes_base64_credentials_and_authorization_values() -> None:
+    """The Basic credential in every base64 spelling, and any Authorization header's value."""
+    scrub = logs.Scrubber(["bot:s3cr3t"])
+    basic = "Ym90OnMzY3IzdA=="  # base64 of bot:s3cr3t
+    said = (
+        f"echo: Authorization: Basic {basic} Host: x; token {basic.rstrip('=')}; "
+        "'HTTP_AUTHORIZATION': 'Bearer eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl'"
+    )
+    assert (
+        scrub.text(said)
+        == "echo: Authorization: *** Host: x; token ***; 'HTTP_AUTHORIZATION': '***'"
+    )

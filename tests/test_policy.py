@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -137,19 +138,40 @@ def test_location_filters_agents() -> None:
 
 def test_plan_rack_covers_every_machine() -> None:
     """Every machine of the rack gets a decision, with or without an agent."""
-    decisions = policy.plan_rack(
-        [machine("m1"), machine("m2")], [agent("m1")], location="", now=NOW, limits=LIMITS
-    )
+    index = policy.index_agents([agent("m1")])
+    decisions = policy.plan_rack([machine("m1"), machine("m2")], index, now=NOW, limits=LIMITS)
     assert [(d.name, d.outcome) for d in decisions] == [("m1", None), ("m2", Outcome.NO_AGENT)]
 
 
-def test_recheck_turns_a_submit_into_busy_when_the_agent_took_other_work() -> None:
-    """The agent is read again just before submitting; if it is no longer waiting, it is busy."""
-    decision = decide(agent())
-    busy = agent(state="setup", job_id="x")
-    assert policy.recheck(decision, busy, now=NOW, limits=LIMITS).outcome is Outcome.BUSY
-    assert policy.recheck(decision, agent(), now=NOW, limits=LIMITS) is decision
-    assert policy.recheck(decision, None, now=NOW, limits=LIMITS).outcome is Outcome.NO_AGENT
+def test_one_index_serves_every_rack_and_counts_queues_across_locations() -> None:
+    """The agents are indexed once: by name within the location, queues over the whole server."""
+    here = replace(agent("m1"), location="TOR3 row 1", queues=("m1", "shared"))
+    there = replace(agent("m2"), location="TOR4", queues=("m2", "shared"))
+    index = policy.index_agents([here, there], location="tor3")
+    assert dict(index.by_name) == {"m1": [here]}
+    assert index.servers == {"m1": 1, "m2": 1, "shared": 2}
+    r1 = policy.plan_rack([machine("m1")], index, now=NOW, limits=LIMITS)
+    r2 = policy.plan_rack([machine("m2")], index, now=NOW, limits=LIMITS)
+    assert [(d.name, d.queue) for d in r1] == [("m1", "m1")]
+    assert [(d.name, d.outcome) for d in r2] == [("m2", Outcome.NO_AGENT)]
+
+
+@pytest.mark.parametrize(
+    ("result", "last_state", "runs_on"),
+    [
+        (JobResult("j", "cancelled"), None, False),  # never seen taken: stays cancelled
+        (JobResult("j", "cancelled"), "waiting", False),
+        (JobResult("j", "cancelled"), "provision", True),  # its agent provisions on
+        (JobResult("j", "cancelled"), "cancelled", True),  # still read cancelled
+        (JobResult("j", "cancelled", setup_status=0), "waiting", True),  # taken since
+        (JobResult("j", "cancelled", provision_status=0), "provision", False),  # it says already
+        (JobResult("j", "complete", provision_status=1), "cancelled", False),
+    ],
+)
+def test_a_cancelled_job_its_agent_took_runs_on(
+    result: JobResult, last_state: str | None, runs_on: bool
+) -> None:
+    assert policy.runs_on_cancelled(result, last_state) is runs_on
 
 
 def held(*jobs: policy.HeldJob) -> policy.HeldJobs:
@@ -212,16 +234,14 @@ def test_other_work_and_free_queues_are_left_alone() -> None:
     assert policy.hold(free, held(OURS_LONG_AGO), NOW, LIMITS) is free
 
 
-def test_plan_and_recheck_apply_held_jobs() -> None:
-    """plan_rack and recheck both keep a job off a queue that holds one."""
+def test_plan_applies_held_jobs_to_queues_and_to_the_agents_running_them() -> None:
+    """plan_rack keeps a job off a queue that holds one, and off an agent that runs one."""
     jobs = held(OURS_LONG_AGO)
-    [planned] = policy.plan_rack(
-        [machine()], [agent()], location="", now=NOW, limits=LIMITS, held=jobs
-    )
-    assert planned.outcome is Outcome.TIMED_OUT
-    fresh = agent(state="provision", job_id="j-old")
-    rechecked = policy.recheck(decide(agent()), fresh, held=jobs, now=NOW, limits=LIMITS)
-    assert rechecked.outcome is Outcome.TIMED_OUT
+    for the_agent in (agent(), agent(state="provision", job_id="j-old")):
+        [planned] = policy.plan_rack(
+            [machine()], policy.index_agents([the_agent]), now=NOW, limits=LIMITS, held=jobs
+        )
+        assert planned.outcome is Outcome.TIMED_OUT
 
 
 @pytest.mark.parametrize(

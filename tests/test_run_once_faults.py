@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rackwatch.simlab import Fault, FaultKind, SimMachine, SimRack
+from rackwatch.simlab import Behaviour, Fault, FaultKind, SimMachine, SimRack
 from rackwatch.store import Store
-from tests.harness import Done, Harness, LabFactory, rack, rackwatch, write_config
+from tests.harness import Daemon, Done, Harness, LabFactory, rack, rackwatch, until, write_config
 
 # Runs the command given after the report path, then writes the peak RSS of that command alone
 # (in KiB, as Linux counts ru_maxrss) to the report path, and exits with its code.
@@ -151,3 +151,78 @@ async def test_a_machine_in_two_racks_checked_rack_by_rack_passes_in_each(
     assert outcomes_of(first)["r1"]["both"][0] == "passed"
     assert outcomes_of(second)["r2"]["both"][0] == "passed"
     assert len(harness.lab.submissions_for("both")) == 2
+
+
+def events_of(done: Done, name: str) -> list[dict[str, object]]:
+    """The log events of that name that run-once --log-format json wrote."""
+    lines = (json.loads(line) for line in done.err.splitlines() if line.startswith("{"))
+    return [event for event in lines if event["event"] == name]
+
+
+async def test_agent_records_lacking_fields_are_said_once_per_field(
+    served: LabFactory, tmp_path: Path
+) -> None:
+    """Records without updated_at and provision_streak_*: one warning per field, naming the
+    rule it turns off and for how many agents; the agents are still checked."""
+    b = Behaviour
+    harness = await served([rack("r1", b.PASS, b.FAIL_STREAK), rack("r2", b.PASS)])
+    harness.lab.inject(Fault(FaultKind.BARE_AGENTS, "testflinger", "/v1/agents/data", times=None))
+    config = write_config(tmp_path / "rw.toml", harness.lab, harness.urls, harness.state_file)
+
+    done = await rackwatch("run-once", "--config", str(config), "--json", "--log-format", "json")
+
+    assert done.code == 0, done.err
+    said = [
+        (e["level"], e["field"], e["detail"]) for e in events_of(done, "testflinger.records_lack")
+    ]
+    assert said == [
+        (
+            "warning",
+            "updated_at",
+            "stale detection is off for 3 agents: Testflinger's records lack updated_at",
+        ),
+        (
+            "warning",
+            "provision_streak_*",
+            "quarantine detection is off for 3 agents: Testflinger's records lack"
+            " provision_streak_*",
+        ),
+    ]
+    # Its fail streak of 25 unseen, r1-m2 is given a job rather than quarantined.
+    assert outcomes_of(done)["r1"]["r1-m2"][0] == "passed"
+
+
+async def test_full_agent_records_are_said_nothing_of(served: LabFactory, tmp_path: Path) -> None:
+    """The same lab serving whole records: r1-m2 is quarantined, and no field is said missing."""
+    b = Behaviour
+    harness = await served([rack("r1", b.PASS, b.FAIL_STREAK), rack("r2", b.PASS)])
+    config = write_config(tmp_path / "rw.toml", harness.lab, harness.urls, harness.state_file)
+
+    done = await rackwatch("run-once", "--config", str(config), "--json", "--log-format", "json")
+
+    assert done.code == 0, done.err
+    assert events_of(done, "testflinger.records_lack") == []
+    assert outcomes_of(done)["r1"]["r1-m2"][0] == "quarantined"
+
+
+async def test_the_daemon_says_what_records_lack_once_for_its_life(daemon: Daemon) -> None:
+    """Cycle after cycle of records without the fields: still one warning per field."""
+    daemon.lab.inject(Fault(FaultKind.BARE_AGENTS, "testflinger", "/v1/agents/data", times=None))
+    await daemon.start()
+    await until(lambda: daemon.cycles("r1") >= 2 and daemon.cycles("r2") >= 2)
+
+    code, events = await daemon.stop()
+
+    assert code == 0
+    said = [(e["field"], e["detail"]) for e in events if e["event"] == "testflinger.records_lack"]
+    assert said == [
+        (
+            "updated_at",
+            "stale detection is off for 3 agents: Testflinger's records lack updated_at",
+        ),
+        (
+            "provision_streak_*",
+            "quarantine detection is off for 3 agents: Testflinger's records lack"
+            " provision_streak_*",
+        ),
+    ]

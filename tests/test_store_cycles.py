@@ -108,7 +108,8 @@ def test_one_unfinished_job_per_agent(store: Store, path: Path) -> None:
     conn = sqlite3.connect(path)
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute(
-            "INSERT INTO checks (cycle_id, rack, agent, created_at) VALUES (?, 'r1', 'agent-1', '')",
+            "INSERT INTO check_rows (cycle_id, rack, agent_id, created_at)"
+            " SELECT ?, 'r1', id, 0 FROM agents WHERE name = 'agent-1'",
             (cycle_id,),
         )
     conn.close()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rackwatch.model import Outcome
 from rackwatch.store import Store
-from rackwatch.store.views import AGENT_MARKS_SQL, AGENT_TRENDS_SQL
+from rackwatch.store.marks import REFRESH_MARKS_SQL
+from rackwatch.store.views import AGENT_FIGURES_SQL, AGENT_MARKS_SQL
 from tests.stored import T0
 
 
@@ -113,30 +114,36 @@ def test_a_rack_that_never_got_through_lists_every_agent_it_checked(tmp_path: Pa
         assert [s.agent for s in store.agent_states("r1")] == ["a", "b"]
 
 
+def never_scans_checks(plan: list[str]) -> bool:
+    """Whether no step of a plan reads every check: a scan of the rows or of the view."""
+    scans = re.compile(r"^(SCAN (c|checks|check_rows|p|newest|last|open)\b|MATERIALIZE checks)")
+    return not any(scans.search(step) for step in plan)
+
+
 def test_status_queries_search_indexes_and_never_scan_the_checks(tmp_path: Path) -> None:
-    """Every step of the per-agent query is an index search, so history size does not matter."""
-    params = {"rack": "r1", "passed": "passed", "failed": "failed", "timed_out": "timed_out"}
-    plan = query_plan(tmp_path / "state.db", AGENT_MARKS_SQL, params)
-    on_checks = [step for step in plan if re.search(r"\b(checks|passed)\b", step)]
-    assert len(on_checks) >= 5, plan
-    assert all(step.startswith("SEARCH") for step in on_checks), plan
-    assert not any(step.startswith("SCAN cycles") for step in plan), plan
+    """Every step of the per-agent queries is an index search, so history size does not matter."""
+    for sql in (AGENT_MARKS_SQL, AGENT_FIGURES_SQL):
+        plan = query_plan(tmp_path / "state.db", sql, {"rack": "r1"})
+        assert any("checks_cycle" in step for step in plan), plan
+        assert never_scans_checks(plan), plan
+        assert not any(step.startswith("SCAN cycles") for step in plan), plan
 
 
-def test_trend_queries_search_indexes_and_never_scan_the_checks(tmp_path: Path) -> None:
-    """Every lookup of the per-agent trends is an index search, so history size does not matter."""
+def test_refreshing_an_agents_marks_searches_indexes_only(tmp_path: Path) -> None:
+    """Each lookup of an agent's marks, made as each of its checks is written, is a search."""
     params = {
-        "agents": '["a", "b"]',
+        "agents": '["a"]',
         "window": 10,
         "passed": "passed",
         "failed": "failed",
         "timed_out": "timed_out",
         "stale": "stale",
     }
-    plan = query_plan(tmp_path / "state.db", AGENT_TRENDS_SQL, params)
-    on_checks = [step for step in plan if re.search(r"\bchecks\b", step)]
-    assert len(on_checks) >= 7, plan
+    plan = query_plan(tmp_path / "state.db", REFRESH_MARKS_SQL, params)
+    on_checks = [step for step in plan if re.search(r"\bchecks_(agent|unfinished_agent)\b", step)]
+    assert len(on_checks) >= 8, plan
     assert all(step.startswith("SEARCH") for step in on_checks), plan
+    assert never_scans_checks(plan), plan
 
 
 def test_trends_give_the_latest_maas_status_and_the_current_stale_run(tmp_path: Path) -> None:

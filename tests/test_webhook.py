@@ -79,7 +79,7 @@ async def test_retry_after_sets_the_wait_before_the_next_post(hook: Hook) -> Non
         await post(hook.url, policy)
         elapsed = time.monotonic() - started
     assert len(hook.posts) == 2
-    assert [e["wait_for"] for e in logs if e["event"] == "stamina.retry_scheduled"] == [0.3]
+    assert [e["wait_for"] for e in logs if e["event"] == "http.retry_scheduled"] == [0.3]
     assert elapsed >= 0.29
 
 
@@ -108,7 +108,7 @@ async def test_no_message_or_log_line_names_the_url_its_token_or_its_query(hook:
     with capture_logs() as logs, pytest.raises(UpstreamAuthError) as caught:
         await post(hook.url)
     assert str(caught.value) == "webhook POST refused the credentials (401): echo: ***"
-    assert "stamina.retry_scheduled" in [e["event"] for e in logs]  # after the 500
+    assert "http.retry_scheduled" in [e["event"] for e in logs]  # after the 500
     for text in (repr(logs), str(caught.value)):
         assert TOKEN not in text and "xoxb" not in text and "q-secret" not in text
 

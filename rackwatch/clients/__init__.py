@@ -15,6 +15,7 @@ from rackwatch.clients.maas import MaasClient, check_rack_name
 from rackwatch.clients.testflinger import TestflingerClient
 from rackwatch.clients.webhook import WebhookClient
 from rackwatch.config import Settings
+from rackwatch.safe_text import Redactor
 
 __all__ = [
     "Clients",
@@ -43,8 +44,11 @@ def make_clients(
     *,
     limiter: asyncio.Semaphore,
 ) -> Clients:
-    """Both clients over `session`, with at most `limiter`'s count of requests in flight."""
-    pool = Pool(session, limiter, retry)
+    """Both clients over `session`, with at most `limiter`'s count of requests in flight.
+
+    Whatever either service answers is quoted without any of the configured secrets.
+    """
+    pool = Pool(session, limiter, retry, Redactor(settings.secret_values()))
     return Clients(MaasClient(settings.maas, pool), TestflingerClient(settings.testflinger, pool))
 
 

@@ -16,12 +16,15 @@ from typing import Any, Unpack
 from urllib.parse import quote
 
 import aiohttp
+import structlog
 from yarl import URL
 
 from rackwatch.clients._http import Http, Pool, Reply, RequestOptions
 from rackwatch.config import TestflingerSettings
 from rackwatch.errors import UpstreamResponseError
-from rackwatch.model import ActiveJob, Agent, JobDefinition, JobResult
+from rackwatch.model import ActiveJob, Agent, JobDefinition, JobResult, detection_off
+
+log = structlog.get_logger("rackwatch.testflinger")
 
 # A token is renewed this long before Testflinger says it expires.
 TOKEN_MARGIN_S = 30.0
@@ -50,11 +53,18 @@ class TestflingerClient:
         self._token: str | None = None
         self._token_expires = 0.0  # time.monotonic() value
         self._login_lock = asyncio.Lock()
+        self._lacking_told: set[str] = set()  # fields whose absence has been logged
 
     async def agents(self) -> list[Agent]:
-        """Every agent the server knows."""
+        """Every agent the server knows. The first listing whose records lack a field that
+        stale or quarantine detection needs logs a warning, once per field for this client."""
         reply = await self._call("GET", "v1/agents/data")
-        return [parse_agent(item, reply.what) for item in _items(reply, "agents")]
+        agents = [parse_agent(item, reply.what) for item in _items(reply, "agents")]
+        for field, line in detection_off(agents):
+            if field not in self._lacking_told:
+                self._lacking_told.add(field)
+                log.warning("testflinger.records_lack", field=field, detail=line)
+        return agents
 
     async def agent(self, name: str) -> Agent | None:
         """One agent, or None when the server does not know it.

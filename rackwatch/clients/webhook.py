@@ -1,9 +1,10 @@
 """The alerts webhook: JSON messages posted to a Mattermost or Slack incoming webhook.
 
 The webhook URL carries its own token and is a secret. Its requests go through `Http` with
-`redact_url`: messages and stamina's retry log lines say "webhook POST" and never the path, and
-the URL, its path and its query are redacted from any answer quoted. `redact` does the same for
-any other text that could hold the URL.
+`redact_url`: messages and the retry log lines say "webhook POST" and never the path, and the
+URL, its path, its query and its userinfo are redacted from any answer quoted. `redact` does the
+same for any other text that could hold the URL. A `user:password@` in the URL is sent as HTTP
+Basic, never in the URL.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import aiohttp
 
 from rackwatch.clients._http import Http, Pool, RetryPolicy, without_url
 from rackwatch.config import AlertsSettings
+from rackwatch.safe_text import Redactor, userinfo_secrets
 
 SERVICE = "webhook"
 REQUEST_TIMEOUT_S = 10.0
@@ -36,9 +38,10 @@ class WebhookClient:
         retry: RetryPolicy = RetryPolicy.DELIVERY,
     ) -> None:
         self._url = settings.webhook_url.get_secret_value()
+        self._redactor = Redactor([self._url, *userinfo_secrets(self._url)])
         self._http = Http(
             SERVICE,
-            Pool(session, asyncio.Semaphore(1), retry),
+            Pool(session, asyncio.Semaphore(1), retry, self._redactor),
             timeout_s=REQUEST_TIMEOUT_S,
             redact_url=True,
             # A redirect would turn the POST into a GET: better to say the URL needs fixing.
@@ -61,5 +64,5 @@ class WebhookClient:
         await self._http.request("POST", self._url, expect=ACCEPTED, json_body=dict(payload))
 
     def redact(self, text: str) -> str:
-        """`text` without the webhook URL, its path (the token) or its query."""
-        return without_url(text, self._url)
+        """`text` without the webhook URL, its path (the token), its query or its userinfo."""
+        return without_url(self._redactor(text), self._url)

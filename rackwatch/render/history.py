@@ -13,9 +13,19 @@ from rackwatch.config import job_url
 from rackwatch.model import Silence
 from rackwatch.render.silence import silence_json, silence_text
 from rackwatch.render.table import duration, iso, plural, rounded, table, utc, visible
-from rackwatch.store import CheckRecord
+from rackwatch.store import CheckRecord, DayRecord
 
 HISTORY_COLUMNS = ("TIME (UTC)", "RACK", "OUTCOME", "JOB ID", "PROVISION", "DURATION", "DETAIL")
+DAY_COLUMNS = (
+    "DAY (UTC)",
+    "RACK",
+    "CHECKS",
+    "PASSED",
+    "FAILED",
+    "TIMED OUT",
+    "PASS RATE",
+    "PROVISIONING (MEAN)",
+)
 # The last lines of a check's provision log shown under its row; --log shows them all.
 LOG_LINES = 3
 _UNDER = "    "  # the indent of what is shown under a check's row
@@ -28,9 +38,11 @@ def history_text(
     web_base: str | None = None,
     full_log: bool = False,
     silence: Silence | None = None,
+    days: Sequence[DayRecord] = (),
 ) -> str:
     """A header line, the `silence` that covers the agent if any, then one row per check in the
-    order given (newest first).
+    order given (newest first), then one row per day of `days` older than the checks shown
+    (newest first): the older days that `history.keep_checks` keeps as counts only.
 
     Under each row, indented: its job's page under `web_base`, and the last LOG_LINES lines of
     its provision log (all of them with `full_log`).
@@ -57,7 +69,36 @@ def history_text(
     for check, line in zip(checks, lines, strict=True):
         shown.append(line)
         shown.extend(visible(under) for under in _under(check, web_base, full_log))
+    older = _older(days, checks)
+    if older:
+        shown.append(visible(f"{agent}: {plural(len(older), 'earlier day')}, counted"))
+        shown.extend(table(DAY_COLUMNS, [_day_row(day) for day in older]).splitlines())
     return "\n".join(shown)
+
+
+def _older(days: Sequence[DayRecord], checks: Sequence[CheckRecord]) -> list[DayRecord]:
+    """The days before the oldest check shown, newest first."""
+    oldest = min((check.created_at.date() for check in checks), default=None)
+    return sorted(
+        (day for day in days if oldest is None or day.day < oldest),
+        key=lambda day: day.day,
+        reverse=True,
+    )
+
+
+def _day_row(day: DayRecord) -> tuple[str, ...]:
+    rate = day.pass_rate
+    mean = day.provision_mean_s
+    return (
+        day.day.isoformat(),
+        day.rack,
+        str(day.checks),
+        str(day.passed),
+        str(day.failed),
+        str(day.timed_out),
+        "" if rate is None else f"{rate:.0%}",
+        "" if mean is None else duration(mean),
+    )
 
 
 def _under(check: CheckRecord, web_base: str | None, full_log: bool) -> list[str]:
@@ -81,9 +122,11 @@ def history_json(
     *,
     web_base: str | None = None,
     silence: Silence | None = None,
+    days: Sequence[DayRecord] = (),
 ) -> str:
-    """{"agent": ..., "silence": ..., "checks": [...]}, newest first; times are UTC ISO 8601. A
-    check with a job has its page under `web_base` as `url`."""
+    """{"agent": ..., "silence": ..., "checks": [...], "days": [...]}, newest first; times are
+    UTC ISO 8601. A check with a job has its page under `web_base` as `url`. `days` are the
+    days before the oldest check given, counted."""
     return json.dumps(
         {
             "agent": agent,
@@ -106,6 +149,20 @@ def history_json(
                     "url": job_url(web_base, check.job_id),
                 }
                 for check in checks
+            ],
+            "days": [
+                {
+                    "day": day.day.isoformat(),
+                    "rack": day.rack,
+                    "checks": day.checks,
+                    "passed": day.passed,
+                    "failed": day.failed,
+                    "timed_out": day.timed_out,
+                    "errors": day.errors,
+                    "pass_rate": day.pass_rate,
+                    "provision_mean_s": rounded(day.provision_mean_s),
+                }
+                for day in _older(days, checks)
             ],
         },
         indent=2,

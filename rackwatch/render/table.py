@@ -7,12 +7,11 @@ terminal's width (`fit`) and its cells coloured (`colour_of_outcome`, `colour_of
 count the characters shown, never the colour codes.
 
 May import: `health` (for the kinds of skip), `model`, `policy` (for `format_age`),
-`provision_log` and the standard library.
+`provision_log`, `safe_text` (for `visible`) and the standard library.
 """
 
 from __future__ import annotations
 
-import re
 import textwrap
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,11 +22,8 @@ from rackwatch import health
 from rackwatch.model import Health, Outcome
 from rackwatch.policy import format_age
 from rackwatch.provision_log import error_line
+from rackwatch.safe_text import visible as visible  # the renderings import it from here
 
-# C0 and C1 controls and DEL, the line and paragraph separators, and the bidirectional
-# overrides and isolates, which reorder what follows them on the line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _GAP = "  "  # between two columns
 CUT = "…"  # ends a cell cut short
 
@@ -45,19 +41,6 @@ _OUTCOME_COLOURS = {
     Outcome.NO_AGENT: YELLOW,
 }
 _HEALTH_COLOURS = {Health.HEALTHY: GREEN, Health.UNHEALTHY: RED, Health.EXCLUDED: YELLOW}
-
-
-def visible(text: str) -> str:
-    """`text` with each control character shown as an escape: "\\x1b", "\\n", "\\t", "\\u202e"."""
-    return _CONTROL.sub(_escape, text)
-
-
-def _escape(found: re.Match[str]) -> str:
-    char = found.group()
-    if char in _NAMED:
-        return _NAMED[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def width_of(text: str) -> int:

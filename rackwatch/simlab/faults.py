@@ -5,13 +5,15 @@ number of requests, or for a seeded random fraction of them. The answers imitate
 of the real services: a 503 with Retry-After, a framework's HTML error page, a body cut off mid-way.
 LATE imitates a server that carries a request out after the client has given up on it. ENDLESS,
 HUGE and DEEP are answers no client should read whole, and ECHO_HEADERS a debugging error page
-that shows the request's credentials back to it.
+that shows the request's credentials back to it. BARE_AGENTS imitates a Testflinger that applies
+the output schema it declares for agent records, which lacks updated_at and provision_streak_*.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +33,13 @@ _FILLER_RECORD = (
 )
 _FILLER = (_FILLER_RECORD * (64 * 1024 // len(_FILLER_RECORD))).encode()
 _HUGE_HEAD, _HUGE_TAIL = b"[", b"{}]"
+# What Testflinger's declared output schema of an agent record lacks (BARE_AGENTS drops them).
+_UNDECLARED_AGENT_FIELDS = (
+    "updated_at",
+    "identifier",
+    "provision_streak_type",
+    "provision_streak_count",
+)
 
 
 class FaultKind(StrEnum):
@@ -44,6 +53,7 @@ class FaultKind(StrEnum):
     HUGE = "huge"  # 200 application/json: a JSON list of `size` bytes, with its Content-Length
     DEEP = "deep"  # 200 application/json: lists nested `depth` deep
     ECHO_HEADERS = "echo_headers"  # `status`, text/plain: the request line and headers, echoed
+    BARE_AGENTS = "bare_agents"  # the normal answer, its agent records cut to the declared schema
 
 
 @dataclass
@@ -206,14 +216,32 @@ async def _stream_filler(fault: Fault, request: web.Request) -> web.StreamRespon
 
 
 def _echo_headers(status: int, request: web.Request) -> web.Response:
-    """A debugging error page that shows the request back, its Authorization header included."""
+    """A debugging error page that shows the request back, its Authorization header included.
+
+    Its headers are sorted by name, as framework debug pages list them, so that Authorization
+    comes near the top: within the head of the page that a client quotes.
+    """
     lines = [
         f"{status} {HTTPStatus(status).phrase}",
         "The server could not handle this request:",
         f"{request.method} {request.path_qs} HTTP/{request.version.major}.{request.version.minor}",
-        *(f"{name}: {value}" for name, value in request.headers.items()),
+        *(f"{name}: {value}" for name, value in sorted(request.headers.items())),
     ]
     return web.Response(status=status, text="\n".join(lines) + "\n")
+
+
+def _bare_agents(response: web.StreamResponse) -> web.StreamResponse:
+    """The JSON answer with each agent record in it cut to the fields the schema declares."""
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return response
+    if not isinstance(response.body, bytes):
+        return response
+    data = json.loads(response.body)
+    records = data if isinstance(data, list) else [data]
+    for record in (record for record in records if isinstance(record, dict)):
+        for name in _UNDECLARED_AGENT_FIELDS:
+            record.pop(name, None)
+    return web.json_response(data, status=response.status)
 
 
 async def _delayed(fault: Fault, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -255,6 +283,8 @@ def lab_middleware(
         response = await fault_response(fault, request)
         if response is not None:
             return response
+        if fault.kind is FaultKind.BARE_AGENTS:
+            return _bare_agents(await handler(request))
         if fault.kind is not FaultKind.LATE:
             return await _delayed(fault, request, handler)
         # Read the body now: once the client has gone, the request can no longer read it.

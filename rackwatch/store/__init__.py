@@ -11,30 +11,36 @@ it directly. This package imports only the standard library and `rackwatch.model
 `Store` is the one object callers use. Each of its parts is a `Database` subclass that holds the
 queries of one concern, and `Store` inherits them all, so they share its one connection:
 
-- `_db`: the connection, migrations, transactions, the StoreError mapping and the time codec;
+- `_db`: the connection, migrating, transactions, the StoreError mapping and the time codec;
+- `_migrations`: the schema, step by step;
 - `records`: the record types and the row → record converters;
 - `cycles`: the job ledger, cycles and their checks;
 - `health`: health, transitions, incidents, facts and inventory;
 - `outbox`: the alerts outbox and the counters;
 - `views`: the status and trend read-models;
-- `silences`: the agents and racks silenced, and until when.
+- `silences`: the agents and racks silenced, and until when;
+- `marks`: each agent's status and trend, kept current with its checks;
+- `retention`: pruning in short steps, and the checks counted by day.
 """
 
 from __future__ import annotations
 
-from rackwatch.store._db import MIGRATIONS, exists
+from rackwatch.store._db import exists
+from rackwatch.store._migrations import MIGRATIONS
 from rackwatch.store.cycles import Cycles
 from rackwatch.store.health import HealthRecords
 from rackwatch.store.outbox import Outbox
 from rackwatch.store.records import (
+    AgentFigures,
     AgentState,
     AgentTrend,
     AlertRecord,
     CheckRecord,
     CycleRecord,
+    DayRecord,
     IncidentRecord,
-    OutcomeCount,
 )
+from rackwatch.store.retention import Pruned, Retention
 from rackwatch.store.silences import Silenced, Silences
 from rackwatch.store.views import Views
 
@@ -45,13 +51,15 @@ __all__ = [
     "AgentState",
     "IncidentRecord",
     "AlertRecord",
-    "OutcomeCount",
     "AgentTrend",
+    "AgentFigures",
+    "DayRecord",
+    "Pruned",
     "Silenced",
     "MIGRATIONS",
     "exists",
 ]
 
 
-class Store(Cycles, HealthRecords, Outbox, Views, Silences):
+class Store(Cycles, HealthRecords, Outbox, Views, Silences, Retention):
     """The state file, opened once. Also a context manager that closes it."""

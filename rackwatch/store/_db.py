@@ -3,149 +3,35 @@ of sqlite3 errors to StoreError, and the UTC time codec.
 
 `Database` is the base of every part of the store: it owns the one connection and the path,
 and gives its subclasses the transaction and query helpers. This module imports only the
-standard library and `rackwatch.errors`.
+standard library, `rackwatch.errors` and the store's `_migrations` and `marks`.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from rackwatch.errors import StateFileUnreadable, StoreError
+from rackwatch.store._migrations import MIGRATIONS
+from rackwatch.store.marks import refresh_marks
 
-# Step N (counting from 1) brings a database from `user_version` N-1 to N. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE cycles (
-        id INTEGER PRIMARY KEY,
-        rack TEXT NOT NULL,
-        started_at TEXT NOT NULL,
-        finished_at TEXT,
-        status TEXT,
-        error TEXT
-    );
-    CREATE TABLE checks (
-        id INTEGER PRIMARY KEY,
-        cycle_id INTEGER NOT NULL REFERENCES cycles(id),
-        rack TEXT NOT NULL,
-        agent TEXT NOT NULL,
-        machine TEXT,
-        queue TEXT,
-        job_id TEXT,
-        outcome TEXT,
-        detail TEXT NOT NULL DEFAULT '',
-        provision_status INTEGER,
-        created_at TEXT NOT NULL,
-        submitted_at TEXT,
-        finished_at TEXT
-    );
-    CREATE UNIQUE INDEX checks_unfinished_agent ON checks(agent) WHERE outcome IS NULL;
-    CREATE INDEX checks_agent ON checks(agent, created_at);
-    CREATE INDEX checks_cycle ON checks(cycle_id);
-    CREATE INDEX cycles_rack ON cycles(rack, started_at);
-    """,
-    # `status` finds each agent's last pass, and the failures since, without reading its history.
-    """
-    CREATE INDEX checks_agent_outcome ON checks(agent, outcome, created_at);
-    """,
-    # Health over time: each agent's state, its transitions, rack incidents, alerts to deliver.
-    """
-    CREATE TABLE incidents (
-        id INTEGER PRIMARY KEY,
-        rack TEXT NOT NULL,
-        opened_at TEXT NOT NULL,
-        closed_at TEXT,
-        reason TEXT NOT NULL
-    );
-    CREATE UNIQUE INDEX incidents_open ON incidents(rack) WHERE closed_at IS NULL;
-    ALTER TABLE cycles ADD COLUMN incident_id INTEGER REFERENCES incidents(id);
-    ALTER TABLE checks ADD COLUMN maas_status TEXT;
-    CREATE TABLE health (
-        agent TEXT PRIMARY KEY,
-        rack TEXT NOT NULL,
-        state TEXT NOT NULL,
-        since TEXT,
-        reason TEXT NOT NULL DEFAULT '',
-        job_id TEXT
-    );
-    CREATE TABLE transitions (
-        id INTEGER PRIMARY KEY,
-        cycle_id INTEGER NOT NULL REFERENCES cycles(id),
-        rack TEXT NOT NULL,
-        agent TEXT NOT NULL,
-        before TEXT NOT NULL,
-        after TEXT NOT NULL,
-        at TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        job_id TEXT
-    );
-    CREATE INDEX transitions_agent ON transitions(agent, at);
-    CREATE TABLE alerts (
-        id INTEGER PRIMARY KEY,
-        cycle_id INTEGER NOT NULL UNIQUE REFERENCES cycles(id),
-        rack TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        body TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        delivered_at TEXT,
-        last_error TEXT
-    );
-    CREATE INDEX alerts_pending ON alerts(id) WHERE delivered_at IS NULL;
-    CREATE TABLE counters (
-        name TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        value INTEGER NOT NULL,
-        PRIMARY KEY (name, labels)
-    );
-    """,
-    # One job per queue, told by Testflinger: the file's identity goes into its jobs' tags, a
-    # job is found by its id, and a check whose job may run on after it ended is followed up.
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    INSERT INTO meta (key, value) VALUES ('identity', lower(hex(randomblob(6))));
-    ALTER TABLE checks ADD COLUMN lingering INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE checks ADD COLUMN late_result TEXT;
-    CREATE INDEX checks_job ON checks(job_id) WHERE job_id IS NOT NULL;
-    CREATE INDEX checks_lingering ON checks(rack) WHERE lingering = 1;
-    """,
-    # A health keeps the outcome that gave its reason: the rules read it, never the reason's
-    # text. A health's `since` is the end of the check that made it, which tells the outcome.
-    """
-    ALTER TABLE health ADD COLUMN outcome TEXT;
-    UPDATE health SET outcome = (
-        SELECT c.outcome FROM checks c
-        WHERE c.agent = health.agent AND c.finished_at = health.since
-        ORDER BY c.id DESC LIMIT 1
-    ) WHERE since IS NOT NULL;
-    """,
-    # Why a check failed (the end of its provision output), cycles of a few named agents
-    # only, and silences: an agent or a whole rack that is checked but not announced.
-    """
-    ALTER TABLE checks ADD COLUMN provision_log TEXT;
-    ALTER TABLE cycles ADD COLUMN partial INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE silences (
-        id INTEGER PRIMARY KEY,
-        agent TEXT,
-        rack TEXT,
-        reason TEXT NOT NULL,
-        by_user TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        until TEXT NOT NULL,
-        ended_at TEXT,
-        settled INTEGER NOT NULL DEFAULT 0,
-        CHECK ((agent IS NULL) <> (rack IS NULL))
-    );
-    CREATE INDEX silences_unsettled ON silences(until) WHERE settled = 0;
-    """,
-)
+
+def _fill_marks(conn: sqlite3.Connection) -> None:
+    agents = [row[0] for row in conn.execute("SELECT name FROM agents")]
+    refresh_marks(conn, agents)
+
+
+# What a step computes in Python, in the step's own transaction, after its SQL.
+FILLS: dict[int, Callable[[sqlite3.Connection], None]] = {7: _fill_marks}
 
 BUSY_TIMEOUT_S = 5.0
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Database:
@@ -279,9 +165,11 @@ def migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[str] = MI
         raise _newer(path, version, len(migrations))
     for number, sql in enumerate(migrations[version:], start=version + 1):
         try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\n;PRAGMA user_version = {number};\nCOMMIT;"
-            )
+            conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n;")
+            if (fill := FILLS.get(number)) is not None and migrations is MIGRATIONS:
+                fill(conn)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -353,6 +241,23 @@ def as_text(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def as_time(text: str | None) -> datetime | None:
-    """A stored time text read back as an aware time; None stays None."""
-    return None if text is None else datetime.fromisoformat(text)
+def as_stamp(at: datetime) -> int:
+    """An aware time as a check stores it: integer microseconds since the epoch (UTC)."""
+    if at.tzinfo is None:
+        raise ValueError(f"naive datetime {at!r}: the store keeps UTC times only")
+    return (at - EPOCH) // timedelta(microseconds=1)
+
+
+def as_time(stored: str | int | None) -> datetime | None:
+    """A stored time read back as an aware time: a text (`as_text`) or a stamp (`as_stamp`);
+    None stays None."""
+    if stored is None:
+        return None
+    if isinstance(stored, int):
+        return from_stamp(stored)
+    return datetime.fromisoformat(stored)
+
+
+def from_stamp(stamp: int) -> datetime:
+    """A check's stored time (`as_stamp`) read back as an aware time."""
+    return EPOCH + timedelta(microseconds=stamp)

@@ -16,10 +16,21 @@ from typing import Any
 
 from rackwatch.errors import StoreError
 from rackwatch.model import Outcome
-from rackwatch.store._db import Database, as_text
-from rackwatch.store.records import CheckRecord, CycleRecord, check_from, cycle_from
+from rackwatch.store._db import Database, as_stamp, as_text
+from rackwatch.store.marks import count_outcome, refresh_marks
+from rackwatch.store.records import (
+    CheckRecord,
+    CycleRecord,
+    check_from,
+    cycle_from,
+    pack_job,
+    pack_log,
+    pack_name,
+    unpack_job,
+)
 
 CYCLE_STATUSES = frozenset({"ok", "failures", "error", "interrupted"})
+_MAX_PARAMS = 10_000  # the job ids looked up by one query (SQLite allows 32,766 parameters)
 
 
 class Cycles(Database):
@@ -49,8 +60,9 @@ class Cycles(Database):
                 )
             )
             conn.execute(
-                "UPDATE checks SET cycle_id = ? WHERE rack = ? AND outcome IS NULL"
-                " AND (?3 IS NULL OR agent IN (SELECT value FROM json_each(?3)))",
+                "UPDATE check_rows SET cycle_id = ? WHERE rack = ? AND outcome IS NULL"
+                " AND (?3 IS NULL OR agent_id IN"
+                " (SELECT id FROM agents WHERE name IN (SELECT value FROM json_each(?3))))",
                 (cycle_id, rack, None if agents is None else json.dumps(sorted(agents))),
             )
         return cycle_id
@@ -114,24 +126,27 @@ class Cycles(Database):
         maas_status: str | None = None,
     ) -> int:
         """Record a check that ended at once, without a job."""
-        at_text = as_text(at)
+        stamp = as_stamp(at)
         with self._transaction() as conn:
             cursor = conn.execute(
-                "INSERT INTO checks (cycle_id, rack, agent, machine, queue, outcome, detail,"
-                " created_at, finished_at, maas_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO check_rows (cycle_id, rack, agent_id, machine, queue, outcome,"
+                " detail, created_at, finished_at, maas_status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     cycle_id,
                     rack,
-                    agent,
-                    machine,
-                    queue,
+                    agent_id(conn, agent),
+                    pack_name(machine, agent),
+                    pack_name(queue, agent),
                     str(outcome),
                     detail,
-                    at_text,
-                    at_text,
+                    stamp,
+                    stamp,
                     maas_status,
                 ),
             )
+            count_outcome(conn, rack, outcome)
+            refresh_marks(conn, [agent])
         return _lastrowid(cursor)
 
     def begin_job(
@@ -152,11 +167,22 @@ class Cycles(Database):
         """
         with self._transaction() as conn:
             try:
+                number = agent_id(conn, agent)
                 cursor = conn.execute(
-                    "INSERT INTO checks (cycle_id, rack, agent, machine, queue, job_id,"
+                    "INSERT INTO check_rows (cycle_id, rack, agent_id, machine, queue, job_id,"
                     " created_at, maas_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (cycle_id, rack, agent, machine, queue, job_id, as_text(at), maas_status),
+                    (
+                        cycle_id,
+                        rack,
+                        number,
+                        pack_name(machine, agent),
+                        pack_name(queue, agent),
+                        pack_job(job_id),
+                        as_stamp(at),
+                        maas_status,
+                    ),
                 )
+                _mark_open(conn, agent, number, _lastrowid(cursor), rack, at, maas_status)
             except sqlite3.IntegrityError as exc:
                 if exc.sqlite_errorname != "SQLITE_CONSTRAINT_UNIQUE":
                     raise
@@ -168,8 +194,8 @@ class Cycles(Database):
     def mark_submitted(self, check_id: int, at: datetime) -> None:
         self._update(
             f"check {check_id}",
-            "UPDATE checks SET submitted_at = ? WHERE id = ?",
-            (as_text(at), check_id),
+            "UPDATE check_rows SET submitted_at = ? WHERE id = ?",
+            (as_stamp(at), check_id),
         )
 
     def finish_check(
@@ -188,20 +214,27 @@ class Cycles(Database):
         `provision_log`: the end of its job's provision output. `lingering`: its job may run on
         at Testflinger (see `lingering()`).
         """
-        self._update(
-            f"unfinished check {check_id}",
-            "UPDATE checks SET outcome = ?, finished_at = ?, detail = ?, provision_status = ?,"
-            " provision_log = ?, lingering = ? WHERE id = ? AND outcome IS NULL",
-            (
-                str(outcome),
-                as_text(at),
-                detail,
-                provision_status,
-                provision_log,
-                int(lingering),
-                check_id,
-            ),
-        )
+        with self._transaction() as conn:
+            ended = conn.execute(
+                "UPDATE check_rows SET outcome = ?, finished_at = ?, detail = ?,"
+                " provision_status = ?, provision_log = ?, lingering = ?"
+                " WHERE id = ? AND outcome IS NULL RETURNING rack, agent_id",
+                (
+                    str(outcome),
+                    as_stamp(at),
+                    detail,
+                    provision_status,
+                    pack_log(provision_log),
+                    int(lingering),
+                    check_id,
+                ),
+            ).fetchall()
+            if len(ended) != 1:
+                raise StoreError(f"state file {self._path} has no unfinished check {check_id}")
+            [(rack, number)] = ended
+            count_outcome(conn, rack, outcome)
+            [(agent,)] = conn.execute("SELECT name FROM agents WHERE id = ?", (number,))
+            refresh_marks(conn, [agent])
 
     def lingering(self, rack: str) -> list[CheckRecord]:
         """The rack's ended checks whose job may still run on Testflinger, oldest first.
@@ -219,18 +252,26 @@ class Cycles(Database):
         """Record what became of a lingering check's job; the check's outcome stays as it was."""
         self._update(
             f"lingering check {check_id}",
-            "UPDATE checks SET lingering = 0, late_result = ? WHERE id = ? AND lingering = 1",
+            "UPDATE check_rows SET lingering = 0, late_result = ? WHERE id = ? AND lingering = 1",
             (late_result, check_id),
         )
 
     def checks_of_jobs(self, job_ids: Collection[str]) -> dict[str, CheckRecord]:
         """The check of each of these job ids that this state file made: job id -> check."""
-        rows = self._select(
-            "SELECT * FROM checks WHERE job_id IN (SELECT value FROM json_each(?))"
-            " ORDER BY created_at, id",
-            (json.dumps(sorted(job_ids)),),
+        # Each id as stored now, and as text (how the checks before schema 7 keep it).
+        stored = sorted(
+            {form for job_id in job_ids for form in (pack_job(job_id), job_id)}, key=str
         )
-        return {row["job_id"]: check_from(row) for row in rows}
+        found: dict[str, CheckRecord] = {}
+        for start in range(0, len(stored), _MAX_PARAMS):
+            chunk = stored[start : start + _MAX_PARAMS]
+            rows = self._select(
+                "SELECT * FROM checks WHERE id IN (SELECT id FROM check_rows"  # noqa: S608
+                f" WHERE job_id IN ({', '.join('?' * len(chunk))})) ORDER BY created_at, id",
+                chunk,
+            )
+            found.update((unpack_job(row["job_id"]) or "", check_from(row)) for row in rows)
+        return found
 
     def identity(self) -> str:
         """This state file's own name for itself, put in the tags of the jobs it records."""
@@ -260,6 +301,45 @@ class Cycles(Database):
             (agent, limit),
         )
         return [check_from(row) for row in rows]
+
+
+def agent_id(conn: sqlite3.Connection, agent: str) -> int:
+    """The number that the checks name `agent` by, given it on first use."""
+    conn.execute("INSERT INTO agents (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (agent,))
+    number: int = conn.execute("SELECT id FROM agents WHERE name = ?", (agent,)).fetchone()[0]
+    return number
+
+
+def _mark_open(
+    conn: sqlite3.Connection,
+    agent: str,
+    number: int,
+    check_id: int,
+    rack: str,
+    at: datetime,
+    maas_status: str | None,
+) -> None:
+    """The agent's marks after its check `check_id` without an outcome was added.
+
+    When that check is the agent's newest, only what marks take of the newest and the open
+    check changes (a check without an outcome counts in nothing else): three columns are set.
+    An agent's first check gives it marks of nothing else. Otherwise they are computed anew
+    (`refresh_marks`).
+    """
+    updated = conn.execute(
+        "UPDATE marks SET rack = ?, open_id = ?, maas_status = ? WHERE agent = ? AND NOT EXISTS"
+        " (SELECT 1 FROM check_rows WHERE agent_id = ? AND created_at > ? AND id <> ?)",
+        (rack, check_id, maas_status, agent, number, as_stamp(at), check_id),
+    ).rowcount
+    if updated != 1:
+        updated = conn.execute(
+            "INSERT INTO marks (agent, rack, open_id, maas_status) SELECT ?, ?, ?, ?"
+            " WHERE NOT EXISTS (SELECT 1 FROM check_rows WHERE agent_id = ? AND id <> ?)"
+            " ON CONFLICT (agent) DO NOTHING",
+            (agent, rack, check_id, maas_status, number, check_id),
+        ).rowcount
+    if updated != 1:
+        refresh_marks(conn, [agent])
 
 
 def _lastrowid(cursor: sqlite3.Cursor) -> int:

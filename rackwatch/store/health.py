@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from rackwatch.model import AgentHealth, Fact, Health, HealthChange, Outcome
-from rackwatch.store._db import Database, as_text, as_time
-from rackwatch.store.records import CycleRecord, IncidentRecord, incident_from
+from rackwatch.store._db import Database, as_text, as_time, from_stamp
+from rackwatch.store.records import CycleRecord, IncidentRecord, incident_from, unpack_log
 
 
 class HealthRecords(Database):
@@ -34,9 +34,9 @@ class HealthRecords(Database):
                     outcome=Outcome(row["outcome"]),
                     detail=row["detail"],
                     job_id=row["job_id"],
-                    at=datetime.fromisoformat(row["finished_at"]),
+                    at=from_stamp(row["finished_at"]),
                     in_incident=row["incident_id"] is not None,
-                    provision_log=row["provision_log"],
+                    provision_log=unpack_log(row["provision_log"]),
                 ),
             )
             for row in rows

@@ -1,20 +1,18 @@
-"""The alerts still to announce, the named counters that must survive a restart, and the running
-count of check outcomes behind the metrics. Imports only the standard library and the store's
+"""The alerts still to announce, the named counters that must survive a restart, and the count
+of check outcomes behind the metrics. Imports only the standard library and the store's
 own modules.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Collection
 from datetime import datetime
 
 from rackwatch.store._db import Database, as_text
-from rackwatch.store.records import AlertRecord, OutcomeCount, alert_from
+from rackwatch.store.records import AlertRecord, alert_from
 
 
 class Outbox(Database):
-    """The alerts outbox, the named counters and the running count of outcomes."""
+    """The alerts outbox, the named counters and the count of outcomes."""
 
     # alerts
 
@@ -52,31 +50,7 @@ class Outbox(Database):
 
     # metrics
 
-    def count_outcomes(self, *, above: int = 0, among: Collection[int] = ()) -> OutcomeCount:
-        """Count the checks with an outcome: those with an id above `above`, and those of `among`.
-
-        Made for a running total that reads only what is new: an outcome never changes once
-        given and checks are never deleted, so a caller that adds up the counts and passes back
-        `above` and `unfinished` each time counts every check exactly once.
-        """
-        with self.reading():
-            top = self._select("SELECT coalesce(max(id), 0) AS top FROM checks", ())[0]["top"]
-            # Each part grouped on its own: a grouping over their union reads slower.
-            rows = self._select(
-                "SELECT rack, outcome, count(*) AS n FROM checks"
-                " WHERE id > :above AND outcome IS NOT NULL GROUP BY rack, outcome"
-                " UNION ALL SELECT rack, outcome, count(*) FROM checks"
-                " WHERE id IN (SELECT value FROM json_each(:among)) AND id <= :above"
-                " AND outcome IS NOT NULL GROUP BY rack, outcome",
-                {"above": above, "among": json.dumps(sorted(among))},
-            )
-            unfinished = self._select("SELECT id FROM checks WHERE outcome IS NULL", ())
-        counts: dict[tuple[str, str], int] = {}
-        for row in rows:
-            key = (row["rack"], row["outcome"])
-            counts[key] = counts.get(key, 0) + row["n"]
-        return OutcomeCount(
-            counts=counts,
-            above=max(top, above),
-            unfinished=frozenset(row["id"] for row in unfinished if row["id"] <= top),
-        )
+    def outcome_totals(self) -> dict[tuple[str, str], int]:
+        """The checks ended, by (rack, outcome): counted as each check ends, never pruned."""
+        rows = self._select("SELECT rack, outcome, checks FROM outcomes", ())
+        return {(row["rack"], row["outcome"]): row["checks"] for row in rows}

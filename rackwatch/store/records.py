@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
+import zlib
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from rackwatch.model import Outcome
@@ -102,15 +104,6 @@ class AlertRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class OutcomeCount:
-    """Checks with an outcome counted by (rack, outcome), and where the next count starts."""
-
-    counts: dict[tuple[str, str], int]
-    above: int  # the highest check id read: count on from the ids above it
-    unfinished: frozenset[int]  # the checks read that had no outcome yet: count them later
-
-
-@dataclass(frozen=True, slots=True)
 class AgentTrend:
     """An agent's recent record, shown beside its health by `rackwatch status`."""
 
@@ -123,12 +116,94 @@ class AgentTrend:
     stale_since: datetime | None  # when its current run of stale checks began; None if not stale
 
 
+# A provision log this long or longer is stored compressed; a shorter one gains nothing.
+PACKED_FROM = 256
+
+
+def pack_log(text: str | None) -> str | bytes | None:
+    """A provision log as a check stores it: zlib-compressed UTF-8 (a BLOB) once it is long."""
+    if text is None or len(text) < PACKED_FROM:
+        return text
+    return zlib.compress(text.encode(), 9)
+
+
+def unpack_log(stored: str | bytes | None) -> str | None:
+    """A stored provision log read back as its text (`pack_log` undone)."""
+    if isinstance(stored, bytes):
+        return zlib.decompress(stored).decode()
+    return stored
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFigures:
+    """What the metrics show of one agent, read from its marks."""
+
+    agent: str
+    last_check_at: datetime | None  # when its latest finished check ended
+    consecutive_failures: int  # failed or timed out since its last pass
+    last_provision_s: float | None  # its latest passed job, from submission to its end
+
+
+@dataclass(frozen=True, slots=True)
+class DayRecord:
+    """One agent's checks of one day (UTC), counted: summarised, or counted from its checks."""
+
+    agent: str
+    day: date
+    rack: str
+    checks: int  # its checks created that day that have an outcome
+    passed: int
+    failed: int
+    timed_out: int
+    errors: int
+    provision_s: float  # the passed jobs' provisioning times, added up (whole milliseconds)
+
+    @property
+    def pass_rate(self) -> float | None:
+        """Passed of the judged checks (passed, failed, timed out); None with none judged."""
+        judged = self.passed + self.failed + self.timed_out
+        return self.passed / judged if judged else None
+
+    @property
+    def provision_mean_s(self) -> float | None:
+        return self.provision_s / self.passed if self.passed else None
+
+
+def pack_job(job_id: str) -> str | bytes:
+    """A job id as a check stores it: a UUID in its canonical text as its 16 bytes, else text."""
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        return job_id
+    return parsed.bytes if str(parsed) == job_id else job_id
+
+
+def unpack_job(stored: str | bytes | None) -> str | None:
+    """A stored job id read back as its text (`pack_job` undone)."""
+    if isinstance(stored, bytes):
+        return str(uuid.UUID(bytes=stored))
+    return stored
+
+
+def pack_name(name: str | None, agent: str) -> str | None:
+    """A check's machine or queue as stored: "" when it is the agent's own name, as is usual."""
+    return "" if name == agent else name
+
+
+def unpack_name(stored: str | None, agent: str) -> str | None:
+    return agent if stored == "" else stored
+
+
 def cycle_from(row: sqlite3.Row) -> CycleRecord:
     return CycleRecord(**_columns(row, CycleRecord))
 
 
 def check_from(row: sqlite3.Row) -> CheckRecord:
-    return CheckRecord(**_columns(row, CheckRecord))
+    columns = _columns(row, CheckRecord)
+    agent = columns["agent"]
+    columns["machine"] = unpack_name(columns["machine"], agent)
+    columns["queue"] = unpack_name(columns["queue"], agent)
+    return CheckRecord(**columns)
 
 
 def incident_from(row: sqlite3.Row) -> IncidentRecord:
@@ -145,7 +220,8 @@ def _columns(row: sqlite3.Row, record: type[DataclassInstance]) -> dict[str, Any
 
 
 def _read(column: str, stored: Any) -> Any:
-    # A record's times are its `*_at` columns, of UTC ISO text; an alert's body is JSON.
+    # A record's times are its `*_at` columns, of UTC ISO text or (a check's) integer
+    # microseconds; an alert's body is JSON; a provision log may be compressed.
     if column.endswith("_at"):
         return as_time(stored)
     if column == "outcome":
@@ -154,4 +230,8 @@ def _read(column: str, stored: Any) -> Any:
         return json.loads(stored)
     if column == "partial":
         return bool(stored)
+    if column == "provision_log":
+        return unpack_log(stored)
+    if column == "job_id":
+        return unpack_job(stored)
     return stored

@@ -1,5 +1,5 @@
 """The read-models of `rackwatch status` and the metrics: where each agent of a rack stands, its
-recent trend and its latest pass, each read by a query whose every lookup is an index search.
+recent trend and its latest pass, read from each agent's marks (`marks`) and index searches.
 Imports only the standard library, `rackwatch.model` and the store's own modules.
 """
 
@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
 
 from rackwatch.model import Outcome
 from rackwatch.store._db import Database, as_time
-from rackwatch.store.records import AgentState, AgentTrend, CheckRecord, check_from
+from rackwatch.store.records import AgentFigures, AgentState, AgentTrend, CheckRecord, check_from
 
-# Each agent of a rack with the ids of its latest finished check, its unfinished check and its
-# latest pass, and the failures since that pass. Every lookup is an index search, so the cost
-# grows with the number of agents, not with the history kept.
+# Each agent of a rack with its marks (`marks`): the ids of its latest finished check and of
+# its unfinished check, its latest pass and the failures since. The cost grows with the
+# number of agents, not with the history kept.
 #
 # The rack's agents are those checked in its cycles since the latest one that got through
 # ("ok" or "failures"): a later cycle that could not list the rack, or was cut short, does not
 # hide the agents it missed.
-AGENT_MARKS_SQL = """
+RACK_AGENTS_CTE = """
 WITH recent AS (
     SELECT id FROM cycles
     WHERE rack = :rack AND started_at >= coalesce(
@@ -31,67 +30,21 @@ WITH recent AS (
 ),
 agents AS (
     SELECT DISTINCT agent FROM checks WHERE cycle_id IN (SELECT id FROM recent)
-),
-marks AS (
-    SELECT
-        a.agent,
-        (SELECT id FROM checks
-         WHERE agent = a.agent AND outcome IS NOT NULL
-         ORDER BY created_at DESC, id DESC LIMIT 1) AS last_id,
-        (SELECT id FROM checks WHERE agent = a.agent AND outcome IS NULL) AS open_id,
-        (SELECT id FROM checks
-         WHERE agent = a.agent AND outcome = :passed
-         ORDER BY created_at DESC, id DESC LIMIT 1) AS passed_id
-    FROM agents AS a
 )
-SELECT
-    m.agent,
-    m.last_id,
-    m.open_id,
-    passed.finished_at AS passed_at,
-    (SELECT count(*) FROM checks
-     WHERE agent = m.agent AND outcome IN (:failed, :timed_out)
-       AND created_at > coalesce(passed.created_at, '')) AS failures
-FROM marks AS m LEFT JOIN checks AS passed ON passed.id = m.passed_id
+"""
+AGENT_MARKS_SQL = RACK_AGENTS_CTE + """
+SELECT m.agent, m.last_id, m.open_id, m.passed_at, m.failures
+FROM agents AS a JOIN marks AS m ON m.agent = a.agent
 ORDER BY m.agent
 """
-
-# Each named agent's latest judged outcomes and passed jobs, the MAAS status of its machine at
-# its latest check, and when its current run of stale checks began (NULL unless its latest
-# finished check is stale). Each lookup reads at most :window rows of an index per outcome, or
-# the agent's current run of stale checks, so the cost does not grow with the history kept.
-AGENT_TRENDS_SQL = """
-WITH wanted(agent) AS (SELECT DISTINCT value FROM json_each(:agents))
-SELECT
-    w.agent,
-    (SELECT json_group_array(outcome) FROM (
-        SELECT * FROM (SELECT outcome, created_at, id FROM checks
-                       WHERE agent = w.agent AND outcome = :passed
-                       ORDER BY created_at DESC, id DESC LIMIT :window)
-        UNION ALL
-        SELECT * FROM (SELECT outcome, created_at, id FROM checks
-                       WHERE agent = w.agent AND outcome = :failed
-                       ORDER BY created_at DESC, id DESC LIMIT :window)
-        UNION ALL
-        SELECT * FROM (SELECT outcome, created_at, id FROM checks
-                       WHERE agent = w.agent AND outcome = :timed_out
-                       ORDER BY created_at DESC, id DESC LIMIT :window)
-        ORDER BY created_at DESC, id DESC LIMIT :window)) AS judged,
-    (SELECT json_group_array(
-                json_array(created_at, coalesce(submitted_at, created_at), finished_at))
-     FROM (SELECT created_at, submitted_at, finished_at FROM checks
-           WHERE agent = w.agent AND outcome = :passed
-           ORDER BY created_at DESC, id DESC LIMIT :window)) AS passes,
-    (SELECT maas_status FROM checks
-     WHERE agent = w.agent ORDER BY created_at DESC, id DESC LIMIT 1) AS maas_status,
-    (SELECT min(created_at) FROM checks
-     WHERE agent = w.agent AND outcome = :stale AND created_at > coalesce(
-         (SELECT created_at FROM checks
-          WHERE agent = w.agent AND outcome IS NOT NULL AND outcome <> :stale
-          ORDER BY created_at DESC, id DESC LIMIT 1),
-         '')) AS stale_since
-FROM wanted AS w
-ORDER BY w.agent
+# The same agents, listed under the rack of their latest check, with what the metrics show.
+AGENT_FIGURES_SQL = RACK_AGENTS_CTE + """
+SELECT m.agent, m.failures, m.passed_s, last.finished_at AS last_at
+FROM agents AS a JOIN marks AS m ON m.agent = a.agent
+LEFT JOIN check_rows AS last ON last.id = m.last_id
+LEFT JOIN check_rows AS open ON open.id = m.open_id
+WHERE coalesce(open.rack, last.rack) = :rack
+ORDER BY m.agent
 """
 
 
@@ -110,15 +63,7 @@ class Views(Database):
         rack is listed there only.
         """
         with self.reading():
-            marks = self._select(
-                AGENT_MARKS_SQL,
-                {
-                    "rack": rack,
-                    "passed": str(Outcome.PASSED),
-                    "failed": str(Outcome.FAILED),
-                    "timed_out": str(Outcome.TIMED_OUT),
-                },
-            )
+            marks = self._select(AGENT_MARKS_SQL, {"rack": rack})
             ids = [row[key] for row in marks for key in ("last_id", "open_id") if row[key]]
             rows = self._select(
                 "SELECT * FROM checks WHERE id IN (SELECT value FROM json_each(?))",
@@ -145,36 +90,38 @@ class Views(Database):
             )
         return states
 
-    def trends(self, agents: Sequence[str], window: int = 10) -> dict[str, AgentTrend]:
-        """Each named agent's recent record: its latest `window` judged checks and passed jobs."""
+    def trends(self, agents: Sequence[str]) -> dict[str, AgentTrend]:
+        """Each named agent's recent record: its latest MARKS_WINDOW judged checks and passes."""
         rows = self._select(
-            AGENT_TRENDS_SQL,
-            {
-                "agents": json.dumps(list(agents)),
-                "window": window,
-                "passed": str(Outcome.PASSED),
-                "failed": str(Outcome.FAILED),
-                "timed_out": str(Outcome.TIMED_OUT),
-                "stale": str(Outcome.STALE),
-            },
+            "SELECT m.* FROM json_each(?) AS j JOIN marks AS m ON m.agent = j.value",
+            (json.dumps(list(agents)),),
         )
-        trends = {}
+        # An agent never checked has a trend of nothing.
+        trends = {agent: AgentTrend(agent, 0, 0, (), None, None) for agent in agents}
         for row in rows:
-            judged = json.loads(row["judged"])
-            # Newest first; ISO 8601 UTC texts of one width sort as the times do.
-            passes = sorted(json.loads(row["passes"]), reverse=True)
+            passes = sorted(json.loads(row["passes"]), reverse=True)  # newest first
             trends[row["agent"]] = AgentTrend(
                 agent=row["agent"],
-                judged=len(judged),
-                passed=judged.count(str(Outcome.PASSED)),
-                provision_s=tuple(
-                    (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-                    for _, start, end in passes
-                ),
+                judged=row["judged"],
+                passed=row["judged_passed"],
+                provision_s=tuple(float(seconds) for _, seconds in passes),
                 maas_status=row["maas_status"],
                 stale_since=as_time(row["stale_since"]),
             )
         return trends
+
+    def agent_figures(self, rack: str) -> list[AgentFigures]:
+        """The figures the metrics show of each agent that `agent_states(rack)` lists."""
+        rows = self._select(AGENT_FIGURES_SQL, {"rack": rack})
+        return [
+            AgentFigures(
+                agent=row["agent"],
+                last_check_at=as_time(row["last_at"]),
+                consecutive_failures=row["failures"],
+                last_provision_s=row["passed_s"],
+            )
+            for row in rows
+        ]
 
     def last_passes(self, agents: Sequence[str]) -> dict[str, CheckRecord]:
         """Each agent's latest passed check, for those of `agents` that ever passed."""
