@@ -17,10 +17,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 
-from rackwatch import alerts, cli_state, logs, run_once
+from rackwatch import cli_state
 from rackwatch.cli_args import build_parser
 from rackwatch.cli_state import fail as _fail
-from rackwatch.clients import check_rack_name, make_session
 from rackwatch.config import Settings, load_settings
 from rackwatch.errors import (
     ConfigError,
@@ -30,15 +29,26 @@ from rackwatch.errors import (
     UpstreamError,
     UsageError,
 )
-from rackwatch.exits import ExitCode, of_cycle
-from rackwatch.preflight import try_services
-from rackwatch.progress import log_stream
-from rackwatch.render.cycle import as_json, as_text, explain_outcomes
-from rackwatch.render.demo import explore_text
+from rackwatch.exits import ExitCode
 from rackwatch.render.table import plural
+
+# The commands import what only they need when they run (`status` needs no HTTP client, no
+# alerts and no scheduler), so that a command over the state file starts quickly.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, so that a reader gone is found here (argparse's exits too)
+    except BrokenPipeError:
+        # Nothing more can be shown; the interpreter's own flush at exit must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -75,6 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_run_once(args: argparse.Namespace) -> int:
+    from rackwatch import run_once
+    from rackwatch.config import check_rack_name
+    from rackwatch.exits import of_cycle
+    from rackwatch.render.cycle import as_json, as_text
+
     settings = load_settings(args.config)
     racks: list[str] = list(args.racks or settings.racks)
     if not racks:
@@ -127,6 +142,8 @@ def cmd_run_once(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from rackwatch import demo  # it imports the simulated lab, which no other command needs
+    from rackwatch.render.cycle import as_json, as_text, explain_outcomes
+    from rackwatch.render.demo import explore_text
 
     _configure_logs(args, default="error")  # the story says it all
     directory = demo.prepare(args.dir)
@@ -165,6 +182,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _configure_logs(
     args: argparse.Namespace, settings: Settings | None = None, default: str | None = None
 ) -> None:
+    from rackwatch import logs
+    from rackwatch.progress import log_stream
+
     # On a terminal the progress line says what happens; logs say only what goes wrong.
     default = default or ("warning" if sys.stderr.isatty() else "info")
     secrets = settings.secret_values() if settings else ()
@@ -175,6 +195,9 @@ def _configure_logs(
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from rackwatch import logs
+    from rackwatch.preflight import try_services
+
     settings = load_settings(args.config)
     logs.configure("error", secrets=settings.secret_values())  # the lines below say what went wrong
     racks = plural(len(settings.racks), "rack")
@@ -194,6 +217,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts_test(args: argparse.Namespace) -> int:
+    from rackwatch import alerts, logs
+    from rackwatch.clients import make_session
+
     settings = load_settings(args.config)
     logs.configure("error", secrets=settings.secret_values())  # the line below says what failed
     if not settings.alerts.webhook_url.get_secret_value():

@@ -20,7 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rackwatch",
         description="Finds the bad machines of a MAAS + Testflinger lab before a real test run does.",
-        epilog="Try it with no setup at all: rackwatch demo",
+        epilog=(
+            "Try it with no setup at all: rackwatch demo. Every command exits 141 when what"
+            " reads its output goes away first (rackwatch status | head)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"rackwatch {__version__}")
     commands = parser.add_subparsers(

@@ -19,9 +19,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from rackwatch import logs, silences
-from rackwatch.clients import check_rack_name
-from rackwatch.config import StateSettings, load_state_settings, parse_duration
+from rackwatch import silences
+from rackwatch.config import StateSettings, check_rack_name, load_state_settings, parse_duration
 from rackwatch.errors import StoreError, UsageError
 from rackwatch.exits import ExitCode
 from rackwatch.model import utc_now
@@ -243,6 +242,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     from rackwatch.web import DEFAULT_ADDRESS, serve_pages
 
     settings = load_state_settings(args.config)
+    from rackwatch import logs
+
     logs.configure(args.log_level or "warning", args.log_format)
     state_file = settings.state_file
     if store_exists(state_file):  # one that is not there yet is waited for, page by page

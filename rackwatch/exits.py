@@ -28,6 +28,7 @@ class ExitCode(IntEnum):
     TEMPFAIL = 75  # EX_TEMPFAIL: another rackwatch process is checking the rack
     CONFIG = 78  # EX_CONFIG: bad configuration
     INTERRUPTED = 130  # 128 + SIGINT
+    BROKEN_PIPE = 141  # 128 + SIGPIPE: what read the output went away (`status | head`)
 
 
 def of_cycle(reports: Sequence[RackReport]) -> ExitCode:

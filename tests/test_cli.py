@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -556,3 +557,26 @@ async def test_web_help_lists_its_pages_and_exit_codes() -> None:
     text = " ".join(done.out.split())
     exits = text[text.index("Exits ") :]
     assert re.findall(r"\b(\d+) (?:when|on)\b", exits) == ["0", "2", "66", "78"]
+
+
+async def test_a_reader_that_goes_away_ends_the_command_quietly_with_141(tmp_path: Path) -> None:
+    """`rackwatch status | head`: when the reader closes the pipe, no traceback, exit 141."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'racks = ["r1"]\nstate_file = "{tmp_path / "state.db"}"\n')
+    config.chmod(0o600)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "rackwatch",
+        "status",
+        "--config",
+        str(config),
+        stdout=write,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(write)
+    _, err = await process.communicate()
+    assert process.returncode == 141
+    assert err.decode() == ""

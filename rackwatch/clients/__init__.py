@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import aiohttp
 
 from rackwatch.clients._http import Pool, RetryPolicy, make_session
-from rackwatch.clients.maas import MaasClient, check_rack_name
+from rackwatch.clients.maas import MaasClient
 from rackwatch.clients.testflinger import TestflingerClient
 from rackwatch.clients.webhook import WebhookClient
-from rackwatch.config import Settings
+from rackwatch.config import Settings, check_rack_name
 from rackwatch.safe_text import Redactor
 
 __all__ = [

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from oauthlib import oauth1
 
 from rackwatch.clients._http import Http, Pool
-from rackwatch.config import MaasSettings
-from rackwatch.errors import UnknownRackError, UpstreamResponseError, UsageError
+from rackwatch.config import MaasSettings, check_rack_name
+from rackwatch.errors import UnknownRackError, UpstreamResponseError
 from rackwatch.model import Machine
-
-# MAAS tag names; anything else can never be a tag, and an empty filter lists every machine.
-RACK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def check_rack_name(rack: str) -> str:
-    """Refuse a rack name that cannot be a MAAS tag, before any request is made."""
-    if not rack.strip():
-        raise UsageError("a rack name cannot be empty (MAAS would list every machine)")
-    if not RACK_NAME.match(rack):
-        raise UsageError(f"{rack!r} cannot be a MAAS tag: use letters, digits, '-' and '_' only")
-    return rack
 
 
 class MaasClient:

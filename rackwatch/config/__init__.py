@@ -49,7 +49,13 @@ from rackwatch.config.sources import (
     read_toml,
     secrets_in,
 )
-from rackwatch.config.values import JOB_KEYS, Duration, DurationOrZero, parse_duration
+from rackwatch.config.values import (
+    JOB_KEYS,
+    Duration,
+    DurationOrZero,
+    check_rack_name,
+    parse_duration,
+)
 from rackwatch.errors import ConfigError
 
 __all__ = [
@@ -75,6 +81,7 @@ __all__ = [
     "Duration",
     "DurationOrZero",
     "parse_duration",
+    "check_rack_name",
 ]
 
 _Model = TypeVar("_Model", bound=BaseSettings)

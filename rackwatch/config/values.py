@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator
 
+from rackwatch.errors import UsageError
+
 # Top-level keys of Testflinger's job schema that a template may set; job_queue and job_id are ours.
 JOB_KEYS = frozenset(
     {"provision_data", "test_data", "reserve_data", "allocate_data", "firmware_update_data"}
@@ -89,6 +91,19 @@ def normalise_url(value: str, *, strip_suffix: str = "") -> str:
     if strip_suffix and url.endswith(strip_suffix):
         url = url.removesuffix(strip_suffix).rstrip("/")
     return url + "/"
+
+
+# MAAS tag names; anything else can never be a tag, and an empty filter lists every machine.
+RACK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_rack_name(rack: str) -> str:
+    """Refuse a rack name that cannot be a MAAS tag, before any request is made."""
+    if not rack.strip():
+        raise UsageError("a rack name cannot be empty (MAAS would list every machine)")
+    if not RACK_NAME.match(rack):
+        raise UsageError(f"{rack!r} cannot be a MAAS tag: use letters, digits, '-' and '_' only")
+    return rack
 
 
 def _check_rack(name: str) -> str:

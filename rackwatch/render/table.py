@@ -17,6 +17,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 from rackwatch import health
 from rackwatch.model import Health, Outcome
@@ -46,9 +47,12 @@ _HEALTH_COLOURS = {Health.HEALTHY: GREEN, Health.UNHEALTHY: RED, Health.EXCLUDED
 def width_of(text: str) -> int:
     """The columns `text` takes on a terminal: 2 for a wide (East Asian) character, 0 for a
     combining or format one, else 1. `text` holds no control character (see `visible`)."""
+    if text.isascii():  # nearly every cell: each character takes one column
+        return len(text)
     return sum(_char_width(char) for char in text)
 
 
+@cache
 def _char_width(char: str) -> int:
     if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
         return 0

@@ -9,8 +9,10 @@ import json
 import sqlite3
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date, datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from rackwatch.model import Outcome
@@ -216,22 +218,29 @@ def alert_from(row: sqlite3.Row) -> AlertRecord:
 
 def _columns(row: sqlite3.Row, record: type[DataclassInstance]) -> dict[str, Any]:
     """The row's column of each field of `record`, read back as the field holds it."""
-    return {field.name: _read(field.name, row[field.name]) for field in fields(record)}
+    return {name: read(row[name]) for name, read in _readers(record)}
 
 
-def _read(column: str, stored: Any) -> Any:
+@cache
+def _readers(record: type[DataclassInstance]) -> list[tuple[str, Callable[[Any], Any]]]:
+    """Each field of `record`, with how its column is read back (found once per record type)."""
+    return [(field.name, _reader(field.name)) for field in fields(record)]
+
+
+def _reader(column: str) -> Callable[[Any], Any]:
     # A record's times are its `*_at` columns, of UTC ISO text or (a check's) integer
     # microseconds; an alert's body is JSON; a provision log may be compressed.
     if column.endswith("_at"):
-        return as_time(stored)
-    if column == "outcome":
-        return None if stored is None else Outcome(stored)
-    if column == "body":
-        return json.loads(stored)
-    if column == "partial":
-        return bool(stored)
-    if column == "provision_log":
-        return unpack_log(stored)
-    if column == "job_id":
-        return unpack_job(stored)
+        return as_time
+    readers: dict[str, Callable[[Any], Any]] = {
+        "outcome": lambda stored: None if stored is None else Outcome(stored),
+        "body": json.loads,
+        "partial": bool,
+        "provision_log": unpack_log,
+        "job_id": unpack_job,
+    }
+    return readers.get(column, _as_stored)
+
+
+def _as_stored(stored: Any) -> Any:
     return stored
