@@ -27,6 +27,7 @@ and rackwatch's store, health and errors.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 
 import structlog
@@ -266,15 +267,29 @@ async def start_metrics(
     collector = StateCollector(store, racks)
     # No access log: a scrape every few seconds would bury the events that matter.
     runner = web.AppRunner(metrics_app(collector, is_running), access_log=None)
+    endpoint = MetricsEndpoint(runner)
+    port = await listen(runner, address, "metrics.listen")
+    log.info("metrics.listening", host=address[0], port=port)
+    return endpoint
+
+
+async def listen(runner: web.AppRunner, address: tuple[str, int], setting: str) -> int:
+    """Start `runner` on `address`; the port it listens on (the one chosen for port 0).
+
+    Raises ConfigError naming `setting` (where the address came from) if it cannot listen.
+    """
     await runner.setup()
     host, port = address
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(
-            f"metrics.listen: cannot listen on {host} port {port}: {exc.strerror or exc}"
-        ) from exc
-    endpoint = MetricsEndpoint(runner)
-    log.info("metrics.listening", host=host, port=endpoint.port)
-    return endpoint
+        raise ConfigError(f"{setting}: cannot listen on {host} port {port}: {_why(exc)}") from exc
+    listening: int = runner.addresses[0][1]
+    return listening
+
+
+def _why(exc: OSError) -> str:
+    """Why it cannot listen, as the system says it ("Address already in use"): asyncio's own
+    message names the first address it tried."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)

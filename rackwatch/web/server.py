@@ -8,7 +8,6 @@ May import: aiohttp, structlog, `metrics` (its application and collector), `conf
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Callable
 
@@ -16,8 +15,7 @@ import structlog
 from aiohttp import web
 
 from rackwatch.config import Settings, StateSettings
-from rackwatch.errors import ConfigError
-from rackwatch.metrics import MetricsEndpoint, RackList, StateCollector, metrics_app
+from rackwatch.metrics import MetricsEndpoint, RackList, StateCollector, listen, metrics_app
 from rackwatch.store import Store
 from rackwatch.web.app import StateSource, add_pages, pages_app
 
@@ -43,7 +41,7 @@ async def start_listener(
     )
     # No access log: a scrape every few seconds would bury the events that matter.
     runner = web.AppRunner(app, access_log=None)
-    port = await _listen(runner, address, setting)
+    port = await listen(runner, address, setting)
     log.info("metrics.listening", host=address[0], port=port, pages=True)
     return MetricsEndpoint(runner)
 
@@ -66,29 +64,10 @@ async def serve_pages(
     runner = web.AppRunner(
         pages_app(StateSource(settings.state_file), lambda: settings), access_log=None
     )
-    port = await _listen(runner, address, setting)
+    port = await listen(runner, address, setting)
     host = address[0]
     on_listening(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
     try:
         await stop.wait()
     finally:
         await runner.cleanup()
-
-
-async def _listen(runner: web.AppRunner, address: tuple[str, int], setting: str) -> int:
-    """Start `runner` on `address`; the port it listens on (the one chosen for port 0)."""
-    await runner.setup()
-    host, port = address
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"{setting}: cannot listen on {host} port {port}: {_why(exc)}") from exc
-    listening: int = runner.addresses[0][1]
-    return listening
-
-
-def _why(exc: OSError) -> str:
-    """Why it cannot listen, as the system says it ("Address already in use"): asyncio's own
-    message names the first address it tried."""
-    return os.strerror(exc.errno) if exc.errno else str(exc)
