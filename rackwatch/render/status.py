@@ -140,7 +140,7 @@ def _rack_text(
     cycle = status.last_cycle
     lines = [
         f"{status.rack}: {_cycle_text(cycle, status.reading, now)};"
-        f" {_next_text(status.next_check, now)}"
+        f" {next_text(status.next_check, now)}"
     ]
     if cycle is not None and cycle.error:
         lines.append(f"  {cycle.error}")
@@ -232,7 +232,8 @@ def _cycle_text(cycle: CycleRecord | None, reading: str | None, now: datetime) -
     return f"{started}, ended after {took}: {reading}"
 
 
-def _next_text(next_check: datetime | None, now: datetime) -> str:
+def next_text(next_check: datetime | None, now: datetime) -> str:
+    """When the rack's next check is due, as the status and the web pages say it."""
     if next_check is None:
         return "not scheduled (not in the configuration)"
     if next_check <= now:

@@ -22,6 +22,7 @@ from rackwatch.config import job_url
 from rackwatch.model import AgentHealth, Health, Silence
 from rackwatch.policy import format_age
 from rackwatch.render.silence import silence_text
+from rackwatch.render.status import next_text
 from rackwatch.render.table import ago, duration, plural, utc, with_error_line
 from rackwatch.status import RackStatus
 from rackwatch.store import AgentState, CheckRecord, CycleRecord
@@ -123,7 +124,7 @@ def rack_header(
         href=rack_href(status.rack),
         reading=_reading(status),
         cycle=_cycle_text(status.last_cycle, now),
-        next_check=_next_text(status.next_check, now),
+        next_check=next_text(status.next_check, now),
         incident=(
             f"rack incident for {format_age(now - incident.opened_at)}: {incident.reason}"
             if incident is not None
@@ -345,14 +346,6 @@ def _cycle_text(cycle: CycleRecord | None, now: datetime) -> str:
         return f"{started}, still running"
     took = duration((cycle.finished_at - cycle.started_at).total_seconds())
     return f"{started}, took {took}"
-
-
-def _next_text(next_check: datetime | None, now: datetime) -> str:
-    if next_check is None:
-        return "not scheduled (not in the configuration)"
-    if next_check <= now:
-        return "next check due now"
-    return f"next check in {format_age(next_check - now)}"
 
 
 def _checked_at(check: CheckRecord) -> datetime:
