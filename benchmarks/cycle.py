@@ -2,8 +2,8 @@
 
 The lab is served by this process; rackwatch runs as a process of its own, so the wall time,
 CPU and peak memory measured are rackwatch's alone. Both share the machine's cores, so the
-lab's own CPU is printed too. rackwatch runs with its bytecode cached (in a private folder), as
-an installed rackwatch does, even where PYTHONDONTWRITEBYTECODE is set.
+lab's own CPU is printed too. rackwatch runs installed as on a lab host (`installed`): without
+the test tools, its bytecode compiled.
 
 By default it runs 2,000 agents (20 racks of 100) at two poll intervals, then 10,000 agents
 (20 racks of 500), 20 s of provisioning each, and judges issue 11's targets: Testflinger
@@ -38,19 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import installed
 from rackwatch.simlab import Lab, LabUrls, uniform_lab
 from rackwatch.simlab.lab import SimAgent
 
 PEAK_RSS_TARGET_MB = 150.0  # at 2,000 agents
-WALL_TARGET_FACTOR = 1.5  # the cycle may take this many times one job's provisioning
+WALL_TARGET_FACTOR = 1.5  # the cycle may take this many times one job's provisioning and a poll
 REQUESTS_PER_AGENT_TARGET = 2.1  # Testflinger requests, logins not counted, at 2,000 agents
 CPU_PER_AGENT_TARGET_MS = 1.0  # rackwatch's CPU per agent per check
 WALL_PER_JOB_TARGET = 1.10  # wall / (T + poll), at 10,000 agents
 FIRST_JOB_TARGET_S = 1.0  # from rackwatch's start to the lab receiving the first job
 LOGIN_ROUTE = "POST /v1/oauth2/token"
-# Variables that would override the benchmark's configuration file in the rackwatch process,
-# or keep it from caching its bytecode.
-DROPPED_PREFIXES = ("RACKWATCH_", "MAAS_", "CREDENTIALS_DIRECTORY", "PYTHONDONTWRITEBYTECODE")
 
 
 @dataclass(frozen=True)
@@ -136,15 +134,10 @@ def write_config(folder: Path, lab: Lab, urls: LabUrls, args: argparse.Namespace
     return config
 
 
-def rackwatch_env(scratch: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_PREFIXES)}
-    return {**env, "PYTHONPYCACHEPREFIX": str(scratch / "pycache")}
-
-
-def startup_seconds(env: dict[str, str]) -> float:
+def startup_seconds(python: Path, env: dict[str, str]) -> float:
     """Wall time of `rackwatch --version`: starting Python and importing rackwatch."""
     started = time.perf_counter()
-    command = [sys.executable, "-m", "rackwatch", "--version"]
+    command = [str(python), "-m", "rackwatch", "--version"]
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
 
@@ -152,10 +145,10 @@ def startup_seconds(env: dict[str, str]) -> float:
 async def run_once(lab: Lab, clock: JobClock, args: argparse.Namespace) -> Measured:
     """Serve the lab and run one `rackwatch run-once --json` process against it."""
     with tempfile.TemporaryDirectory(prefix="rackwatch-bench-") as scratch:
-        env = rackwatch_env(Path(scratch))
-        uncached = startup_seconds({**env, "PYTHONDONTWRITEBYTECODE": "1"})  # the cache is empty
-        startup_seconds(env)  # fills it
-        startup = (startup_seconds(env), uncached)
+        env = installed.environment()
+        uncached = installed.uncached(env, Path(scratch))
+        startup_seconds(args.python, env)  # reads the compiled modules into the page cache
+        startup = (startup_seconds(args.python, env), startup_seconds(args.python, uncached))
         async with lab.serve() as urls:
             config = write_config(Path(scratch), lab, urls, args)
             command = ["run-once", "--config", str(config), "--json", "--log-level", "warning"]
@@ -165,7 +158,7 @@ async def run_once(lab: Lab, clock: JobClock, args: argparse.Namespace) -> Measu
             started = time.perf_counter()
             profiled = ["-m", "cProfile", "-o", args.profile] if args.profile else []
             process = await asyncio.create_subprocess_exec(
-                *[sys.executable, *profiled, "-m", "rackwatch", *command],
+                *[str(args.python), *profiled, "-m", "rackwatch", *command],
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
@@ -217,7 +210,7 @@ def print_results(args: argparse.Namespace, run: Measured, job_seconds: list[flo
     seen = [float(c["duration_s"]) for c in checks if c.get("duration_s") is not None]
     valid = run.exit_code == 0 and outcomes["passed"] == agents == len(checks)
 
-    wall_target = WALL_TARGET_FACTOR * job_s
+    wall_target = WALL_TARGET_FACTOR * (job_s + poll_s)  # an end is seen up to a poll late
     total_requests = run.testflinger_requests()
     per_agent = figures.requests_per_agent
 
@@ -240,7 +233,7 @@ def print_results(args: argparse.Namespace, run: Measured, job_seconds: list[flo
     met = [
         row(
             "wall time",
-            f"{wall:.2f} s = {wall / job_s:.2f} x job time",
+            f"{wall:.2f} s = {wall / (job_s + poll_s):.2f} x (job + poll)",
             f"<= {wall_target:g} s ({WALL_TARGET_FACTOR:g} x)",
             wall <= wall_target,
         ),
@@ -411,10 +404,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.racks is None:
-        return suite(args)
-    met, _ = measure(args)
-    return 0 if met else 1
+    with tempfile.TemporaryDirectory(prefix="rackwatch-installed-") as folder:
+        args.python = installed.build(Path(folder))
+        if args.racks is None:
+            return suite(args)
+        met, _ = measure(args)
+        return 0 if met else 1
 
 
 if __name__ == "__main__":

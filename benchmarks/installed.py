@@ -1,0 +1,61 @@
+"""rackwatch installed as a lab host installs it, for the benchmarks that run it as a process.
+
+The README's "Install on a lab host" makes the service's virtual environment with
+`uv sync --locked --no-dev --no-editable --compile-bytecode`: rackwatch and its dependencies
+only, their bytecode compiled. The project's own `.venv` holds the test tools too, and they
+change what rackwatch imports: structlog imports rich (which import-linter brings) when it is
+there, and pydantic looks for plugins among every installed package. A benchmark of
+rackwatch's own cost measures it as the lab runs it, so it builds that environment afresh from
+the working tree (`build`), and runs rackwatch with its interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Variables that would override a benchmark's configuration in the rackwatch process, or keep
+# it from reading the bytecode compiled at install.
+DROPPED_PREFIXES = (
+    "RACKWATCH_",
+    "MAAS_",
+    "CREDENTIALS_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONPYCACHEPREFIX",
+    "VIRTUAL_ENV",
+)
+
+
+def build(folder: Path) -> Path:
+    """Install rackwatch from the working tree into a virtual environment at `folder`, as on a
+    lab host; its interpreter."""
+    uv = os.environ.get("UV")  # set by `uv run`
+    command = [uv] if uv else [sys.executable, "-m", "uv"]
+    env = {**environment(), "UV_PROJECT_ENVIRONMENT": str(folder)}
+    done = subprocess.run(
+        [*command, "sync", "--locked", "--no-dev", "--no-editable", "--compile-bytecode"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"installing rackwatch into {folder} failed:\n{done.stderr}")
+    return folder / "bin" / "python"
+
+
+def environment() -> dict[str, str]:
+    """This process's environment, without what would change how rackwatch runs."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_PREFIXES)}
+
+
+def uncached(env: dict[str, str], empty: Path) -> dict[str, str]:
+    """`env` for a Python that finds no compiled bytecode (`empty`: a folder with none) and
+    writes none: every module compiled as it is imported."""
+    return {**env, "PYTHONPYCACHEPREFIX": str(empty), "PYTHONDONTWRITEBYTECODE": "1"}
