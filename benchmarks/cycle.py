@@ -66,6 +66,7 @@ class Measured:
     report: dict[str, Any]  # run-once --json, or {} when it printed none
     stderr: str
     first_job_s: float | None  # from starting rackwatch to the lab storing the first job
+    last_job_s: float | None  # and the last
 
     def testflinger_requests(self) -> int:
         """Requests to Testflinger, logins not counted."""
@@ -85,6 +86,7 @@ class JobClock:
     def __init__(self, lab: Lab) -> None:
         self.seconds: list[float] = []
         self.first: float | None = None  # time.perf_counter() of the first job stored
+        self.last: float | None = None  # and of the last
         self._started: dict[str, float] = {}
         submit, finish = lab.submit_job, lab._finish
 
@@ -92,6 +94,7 @@ class JobClock:
             if self.first is None:
                 self.first = time.perf_counter()
             stored = submit(body, job_id)
+            self.last = time.perf_counter()
             self._started.setdefault(stored, time.monotonic())
             return stored
 
@@ -176,6 +179,7 @@ async def run_once(lab: Lab, clock: JobClock, args: argparse.Namespace) -> Measu
         report = {}
     return Measured(
         first_job_s=None if clock.first is None else clock.first - started,
+        last_job_s=None if clock.last is None else clock.last - started,
         exit_code=process.returncode if process.returncode is not None else -1,
         startup_s=startup,
         wall_s=wall,
@@ -259,7 +263,8 @@ def print_results(args: argparse.Namespace, run: Measured, job_seconds: list[flo
             f" (T = {figures.lab_job_s:.2f} s, the lab's median job end to end)"
         )
     if run.first_job_s is not None:
-        print(f"  {'first job':<16}{run.first_job_s:.2f} s after rackwatch started")
+        print(f"  {'first job':<16}{run.first_job_s:.2f} s after rackwatch started", end="")
+        print("" if run.last_job_s is None else f"; the last {run.last_job_s:.2f} s after")
     if job_seconds:
         # The lab's job also picks up, sets up and cleans up around the provisioning: measured
         # against that whole job, the same figures read differently. Shown, not judged.

@@ -147,7 +147,6 @@ class ActiveJob:
 
     job_id: str
     state: str  # job_state: "waiting", "running", a phase name, ...
-    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
@@ -721,10 +720,6 @@ async def test_active_jobs_and_job_definitions_round_trip() -> None:
         (ids["running"], "provision"),
         (ids["waiting"], "waiting"),
     ]
-    assert all(
-        job.created_at is not None and abs(datetime.now(UTC) - job.created_at).total_seconds() < 60
-        for job in active
-    )
     assert nobody == []
     assert done == JobDefinition(ids["done"], "a-m1", (tag, "rack-a"))
     assert waiting == JobDefinition(ids["waiting"], "nobody", (tag,))

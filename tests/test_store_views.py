@@ -3,15 +3,17 @@ lookup of their queries is an index search."""
 
 from __future__ import annotations
 
+import random
 import re
 import sqlite3
 from collections.abc import Mapping
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rackwatch.model import Outcome
 from rackwatch.store import Store
-from rackwatch.store.marks import REFRESH_MARKS_SQL
+from rackwatch.store.marks import REFRESH_MARKS_SQL, refresh_marks
 from rackwatch.store.views import AGENT_FIGURES_SQL, AGENT_MARKS_SQL
 from tests.stored import T0
 
@@ -194,3 +196,58 @@ def test_trends_give_the_latest_maas_status_and_the_current_stale_run(tmp_path: 
     assert [trends[a].stale_since for a in runs] == [None, created["again"][2], None]
     assert [trends[a].maas_status for a in runs] == ["Deployed", "Broken", "Failed testing"]
     assert trends["running"].provision_s == (540.0,)  # never submitted: timed from its creation
+
+
+def test_marks_brought_up_to_date_at_each_end_are_those_computed_anew(tmp_path: Path) -> None:
+    """A check's end updates its agent's marks from the row it had (`mark_ended`), or computes
+    them anew when the check is not the agent's newest: either way, after every write, each
+    row is what `refresh_marks` computes from the checks. Ends come in a random order, skips
+    land while a job runs, and some checks begin at the same instant."""
+    rng = random.Random(11)  # noqa: S311 - a repeatable history
+    o = Outcome
+    ended = [o.PASSED] * 4 + [o.FAILED, o.TIMED_OUT, o.ERROR, o.BUSY, o.STALE, o.STALE]
+    skips = [o.OFFLINE, o.STALE, o.BUSY]
+    agents = ["a", "b", "c"]
+    path = tmp_path / "state.db"
+    with Store.open(path) as store:
+        cycle_id = store.start_cycle("r1", T0)
+        open_jobs: dict[str, int] = {}
+        minute = 0
+        for step in range(300):
+            minute += rng.choice([0, 1, 1, 2])  # 0: the same instant as the check before
+            at = T0 + timedelta(minutes=minute)
+            agent = rng.choice(agents)
+            if agent in open_jobs and rng.random() < 0.7:
+                store.finish_check(open_jobs.pop(agent), outcome=rng.choice(ended), at=at)
+            elif agent not in open_jobs and rng.random() < 0.8:
+                open_jobs[agent] = store.begin_job(
+                    cycle_id,
+                    rack="r1",
+                    agent=agent,
+                    machine=agent,
+                    queue=agent,
+                    job_id=f"job-{step}",
+                    at=at,
+                )
+                if rng.random() < 0.5:
+                    store.mark_submitted(open_jobs[agent], at + timedelta(seconds=30))
+            else:
+                store.record_outcome(
+                    cycle_id,
+                    rack="r1",
+                    agent=agent,
+                    machine=agent,
+                    outcome=rng.choice(skips),
+                    at=at,
+                )
+            assert_marks_as_computed(path)
+
+
+def assert_marks_as_computed(path: Path) -> None:
+    copy = sqlite3.connect(":memory:", isolation_level=None)
+    with closing(sqlite3.connect(path)) as conn:
+        conn.backup(copy)
+    with closing(copy):
+        kept = sorted(copy.execute("SELECT * FROM marks"))
+        refresh_marks(copy, [name for (name,) in copy.execute("SELECT name FROM agents")])
+        assert kept == sorted(copy.execute("SELECT * FROM marks"))

@@ -263,16 +263,12 @@ def parse_agent(item: Any, what: str) -> Agent:
 
 
 def parse_active_job(item: Any, what: str) -> ActiveJob:
-    """One job of a search answer: {job_id, created_at, job_state}."""
+    """One job of a search answer: {job_id, created_at, job_state}, of which the id and state."""
     if not isinstance(item, dict) or not isinstance(item.get("job_id"), str) or not item["job_id"]:
         raise UpstreamResponseError("testflinger", f"{what}: a job without a job_id")
     if not isinstance(item.get("job_state"), str):
         raise UpstreamResponseError("testflinger", f"{what}: job {item['job_id']} has no job_state")
-    return ActiveJob(
-        job_id=item["job_id"],
-        state=item["job_state"],
-        created_at=parse_timestamp(item.get("created_at")),
-    )
+    return ActiveJob(job_id=item["job_id"], state=item["job_state"])
 
 
 def parse_timestamp(value: Any) -> datetime | None:

@@ -17,7 +17,7 @@ from typing import Any
 from rackwatch.errors import StoreError
 from rackwatch.model import Outcome
 from rackwatch.store._db import Database, as_stamp, as_text
-from rackwatch.store.marks import count_outcome, refresh_marks
+from rackwatch.store.marks import count_outcome, mark_ended, refresh_marks
 from rackwatch.store.records import (
     CheckRecord,
     CycleRecord,
@@ -234,7 +234,7 @@ class Cycles(Database):
             [(rack, number)] = ended
             count_outcome(conn, rack, outcome)
             [(agent,)] = conn.execute("SELECT name FROM agents WHERE id = ?", (number,))
-            refresh_marks(conn, [agent])
+            mark_ended(conn, agent, check_id)
 
     def lingering(self, rack: str) -> list[CheckRecord]:
         """The rack's ended checks whose job may still run on Testflinger, oldest first.

@@ -20,6 +20,13 @@ from collections.abc import Collection
 from rackwatch.model import Outcome
 
 MARKS_WINDOW = 10  # how many of an agent's latest judged checks and passes its trend holds
+_PARAMS = {
+    "window": MARKS_WINDOW,
+    "passed": str(Outcome.PASSED),
+    "failed": str(Outcome.FAILED),
+    "timed_out": str(Outcome.TIMED_OUT),
+    "stale": str(Outcome.STALE),
+}
 
 # The marks of the agents of :agents (a JSON list), each from its own checks. Every lookup
 # is an index search of the agent's checks, newest first, and stops at what it looks for.
@@ -83,18 +90,63 @@ LEFT JOIN marks AS k ON k.agent = l.agent
 """
 
 
+# The marks of :agent after its open check :id ended, when that check is its newest: what one
+# ended check adds to the row. Only the trend window is looked up again (index searches that
+# stop after MARKS_WINDOW judged checks). No row is changed when another check of the agent
+# began at the same time or later.
+MARK_ENDED_SQL = """
+UPDATE marks SET
+    rack = c.rack,
+    last_id = c.id,
+    open_id = NULL,
+    passed_id = CASE WHEN c.outcome = :passed THEN c.id ELSE passed_id END,
+    passed_created_at = CASE WHEN c.outcome = :passed THEN c.created_at ELSE passed_created_at END,
+    passed_at = CASE WHEN c.outcome = :passed THEN c.finished_at ELSE passed_at END,
+    passed_s = CASE WHEN c.outcome = :passed
+        THEN (c.finished_at - coalesce(c.submitted_at, c.created_at)) / 1e6 ELSE passed_s END,
+    failures = CASE WHEN c.outcome = :passed THEN 0
+        WHEN c.outcome IN (:failed, :timed_out) THEN failures + 1 ELSE failures END,
+    pruned_failures = CASE WHEN c.outcome = :passed THEN 0 ELSE pruned_failures END,
+    judged = (SELECT count(*) FROM (
+        SELECT 1 FROM checks WHERE agent = :agent AND outcome IN (:passed, :failed, :timed_out)
+        ORDER BY created_at DESC, id DESC LIMIT :window)),
+    judged_passed = (SELECT count(*) FROM (
+        SELECT outcome FROM checks
+        WHERE agent = :agent AND outcome IN (:passed, :failed, :timed_out)
+        ORDER BY created_at DESC, id DESC LIMIT :window) WHERE outcome = :passed),
+    passes = CASE WHEN c.outcome = :passed THEN (
+        SELECT json_group_array(json_array(created_at, seconds)) FROM (
+            SELECT created_at, (finished_at - coalesce(submitted_at, created_at)) / 1e6 AS seconds
+            FROM checks WHERE agent = :agent AND outcome = :passed
+            ORDER BY created_at DESC, id DESC LIMIT :window)) ELSE passes END,
+    maas_status = c.maas_status,
+    stale_since = CASE WHEN c.outcome = :stale THEN coalesce(stale_since, c.created_at) END
+FROM check_rows AS c
+WHERE c.id = :id AND marks.agent = :agent AND marks.open_id = :id AND NOT EXISTS (
+    SELECT 1 FROM check_rows AS n
+    WHERE n.agent_id = c.agent_id AND n.created_at >= c.created_at AND n.id <> c.id)
+"""
+
+
+def mark_ended(conn: sqlite3.Connection, agent: str, check_id: int) -> None:
+    """The marks of `agent` after its check `check_id` got its outcome; inside the caller's
+    transaction.
+
+    When that check is the agent's newest and its marks' open one (as when nothing of the
+    agent was recorded while its job ran), the row is brought up to date from what it held;
+    otherwise it is computed anew (`refresh_marks`). Either way it is what `refresh_marks`
+    computes.
+    """
+    updated = conn.execute(MARK_ENDED_SQL, {"agent": agent, "id": check_id, **_PARAMS}).rowcount
+    if updated != 1:
+        refresh_marks(conn, [agent])
+
+
 def refresh_marks(conn: sqlite3.Connection, agents: Collection[str]) -> None:
     """Compute the marks of `agents` from their checks; inside the caller's transaction."""
     conn.execute(
         REFRESH_MARKS_SQL,
-        {
-            "agents": json.dumps(sorted(agents)),
-            "window": MARKS_WINDOW,
-            "passed": str(Outcome.PASSED),
-            "failed": str(Outcome.FAILED),
-            "timed_out": str(Outcome.TIMED_OUT),
-            "stale": str(Outcome.STALE),
-        },
+        {"agents": json.dumps(sorted(agents)), **_PARAMS},
     )
 
 
