@@ -26,6 +26,7 @@ from rackwatch import policy
 from rackwatch.errors import UpstreamError, UpstreamOutcomeUnknown, UpstreamUnavailable
 from rackwatch.model import ActiveJob, Agent, JobDefinition, JobResult, Outcome
 from rackwatch.provision_log import excerpt
+from rackwatch.safe_text import Redactor
 from rackwatch.store import CheckRecord, Store
 from rackwatch.tracking import JOB_TAG, Tracker
 
@@ -95,8 +96,9 @@ class Jobs:
         on_progress: Callable[[Tally], None] | None = None,
         secrets: Sequence[str] = (),
     ) -> None:
-        """`tracker` follows the jobs submitted; `secrets` are scrubbed from the provision logs
-        kept of failed and timed-out jobs."""
+        """`tracker` follows the jobs submitted; `secrets`, in every form `safe_text.Redactor`
+        knows, are scrubbed from the provision logs kept of failed and timed-out jobs, as are
+        Authorization headers and URL userinfo."""
         self._tf = testflinger
         self._tracker = tracker
         self._store = store
@@ -106,7 +108,7 @@ class Jobs:
         self._job_template = job_template
         self._clock = clock
         self._on_progress = on_progress
-        self._secrets = tuple(secrets)
+        self._redact = Redactor(secrets)
         self._tags = (JOB_TAG, f"{JOB_TAG}-{store.identity()}")
         self.tally = Tally()
 
@@ -342,7 +344,7 @@ class Jobs:
         return policy.cancelled_text(last.state if last is not None else None)
 
     def _log_of(self, result: JobResult) -> str | None:
-        return excerpt(result.provision_output, secrets=self._secrets)
+        return excerpt(result.provision_output, redact=self._redact)
 
     def _definition(self, job: Job) -> dict[str, Any]:
         template = self._job_template

@@ -7,7 +7,8 @@ and the renderers show `error_line()` where there is room for one line only.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+
+from rackwatch.safe_text import NO_SECRETS, Redactor
 
 MAX_LINES = 20
 MAX_BYTES = 4096
@@ -26,20 +27,18 @@ _ERRORISH = re.compile(
 def excerpt(
     output: str | None,
     *,
-    secrets: Sequence[str] = (),
+    redact: Redactor = NO_SECRETS,
     max_lines: int = MAX_LINES,
     max_bytes: int = MAX_BYTES,
 ) -> str | None:
     """The last lines of `output` that say something, at most `max_lines` and `max_bytes`.
 
     Banners and blank lines are dropped, control characters shown as escapes (`\\x1b`), tabs as
-    spaces, and every one of `secrets` as `***`. None when nothing is left.
+    spaces, and the credentials `redact` knows of as `***`. None when nothing is left.
     """
     if not output:
         return None
-    for secret in secrets:
-        if secret:
-            output = output.replace(secret, "***")
+    output = redact(output)
     kept: list[str] = []
     size = 0
     for raw in reversed(output.splitlines()):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+from urllib.parse import quote
+
 from rackwatch.provision_log import error_line, excerpt
+from rackwatch.safe_text import Redactor
 
 FAILED = """\
 *** TESTFLINGER SYSTEM RUN [provision] ***
@@ -62,7 +66,32 @@ def test_control_characters_are_shown_and_secrets_scrubbed() -> None:
     """Escape sequences cannot reach a terminal, and configured secrets never show."""
     text = "\x1b[2Jcleared\tscreen with token s3cr3t-value\x07"
     assert (
-        excerpt(text, secrets=["s3cr3t-value", ""]) == "\\x1b[2Jcleared screen with token ***\\x07"
+        excerpt(text, redact=Redactor(["s3cr3t-value", ""]))
+        == "\\x1b[2Jcleared screen with token ***\\x07"
+    )
+
+
+def test_credentials_are_scrubbed_in_every_form_a_log_may_hold_them() -> None:
+    """A device connector that logs what it sent shows a secret base64-encoded in a Basic
+    header, percent-encoded in a URL, or as a URL's userinfo: none of them is kept."""
+    secret = "s3cr3t/value+1"
+    basic = base64.b64encode(f"bot:{secret}".encode()).decode()
+    text = "\n".join(
+        [
+            f"Authorization: Basic {basic}",
+            f"GET https://maas.lab/api?key={quote(secret, safe='')} failed",
+            "POST https://admin:hunter2@maas.lab/MAAS/ refused",
+            f"token {base64.urlsafe_b64encode(secret.encode()).decode().rstrip('=')} expired",
+        ]
+    )
+    kept = excerpt(text, redact=Redactor([secret, f"bot:{secret}"]))
+    assert kept == "\n".join(
+        [
+            "Authorization: ***",
+            "GET https://maas.lab/api?key=*** failed",
+            "POST https://***@maas.lab/MAAS/ refused",
+            "token *** expired",
+        ]
     )
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sqlite3
+import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,13 +152,27 @@ webhook_url = "{with_userinfo(hook_url, HOOK_USER, HOOK_PASSWORD)}"
 
 
 def the_lab() -> Lab:
+    """A rack of a passing, a failing and an offline agent. The failing one's provision output
+    holds the credentials as a device connector that logs its requests shows them."""
     racks: list[SimRack] = [rack("r1", B.PASS, B.FAIL, B.OFFLINE)]
-    return Lab(
+    lab = Lab(
         racks,
         provision_seconds=0.2,
         pickup_seconds=0.05,
         testflinger_login=(CLIENT_ID, TF_SECRET),
     )
+    basic = base64.b64encode(f"{CLIENT_ID}:{TF_SECRET}".encode()).decode()
+    lab.failure_echo = "\n".join(
+        [
+            f"POST https://{MAAS_URL_USER}:{MAAS_URL_PASSWORD}@maas.lab/MAAS/api/2.0/machines/",
+            f'Authorization: OAuth oauth_consumer_key="{CONSUMER_KEY}",'
+            f' oauth_token="{TOKEN_KEY}", oauth_signature="&{TOKEN_SECRET}"',
+            f"login with {basic} refused",
+            f"retrying with api_key={quote(DEFAULT_MAAS_API_KEY, safe='')}",
+            f"secret {TF_SECRET} and {TOKEN_SECRET} in clear",
+        ]
+    )
+    return lab
 
 
 async def daemon_cycles(
@@ -235,6 +250,38 @@ async def test_no_secret_reaches_any_output_under_a_fault(
     assert leaks(state, issued) == []
     # What was checked was shown: the searches above looked at real output.
     assert b"r1" in outputs
+
+
+async def test_credentials_in_a_provision_log_are_kept_scrubbed(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The failed job's provision log is kept, and its alert sent, with each credential that the
+    device connector logged (plain, base64, percent-encoded, in a URL, in a header) shown as
+    ***."""
+    lab = the_lab()
+    state_file = tmp_path / "state.db"
+    async with lab.serve() as urls:
+        config = tmp_path / "rackwatch.toml"
+        config.write_text(config_text(urls.maas, urls.testflinger, receiver.url, state_file))
+        given = ("--config", str(config))
+        checked = await rackwatch("run-once", *given)
+        history = await rackwatch("history", "r1-m2", "--json", *given)
+    assert checked.code == 1, checked.err  # a check failed
+    [failed] = json.loads(history.out)["checks"]
+    kept = failed["provision_log"]
+    assert "DEBUG: POST https://***@maas.lab/MAAS/api/2.0/machines/" in kept
+    assert "DEBUG: Authorization: ***" in kept
+    assert "DEBUG: login with *** refused" in kept
+    assert "DEBUG: retrying with api_key=***\n" in kept
+    assert "DEBUG: secret *** and *** in clear\n" in kept
+    outputs = f"{checked.out}{checked.err}{history.out}{history.err}".encode()
+    assert leaks(outputs) == []
+    assert leaks(json.dumps(receiver.messages).encode()) == []
+    with sqlite3.connect(state_file) as db:
+        [(stored,)] = db.execute(
+            "SELECT provision_log FROM check_rows WHERE provision_log IS NOT NULL"
+        )
+    assert leaks(zlib.decompress(stored) if isinstance(stored, bytes) else stored.encode()) == []
 
 
 def test_every_fault_kind_has_a_scenario() -> None:

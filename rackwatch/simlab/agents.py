@@ -36,6 +36,9 @@ class AgentFleet:
         self.provision_seconds = provision_seconds
         self.pickup_seconds = pickup_seconds  # also the length of setup, cleanup, test, reserve
         self.slow_factor = slow_factor
+        # Lines a failing provisioning adds to its output before its error, as a device
+        # connector that logs what it sent does (a test puts credentials there).
+        self.failure_echo = ""
         self.agents: dict[str, SimAgent] = {}
         self.submissions: list[dict[str, Any]] = []  # every accepted job body, in order
         self.cancelled: list[str] = []  # job ids cancelled through the API
@@ -309,7 +312,9 @@ class AgentFleet:
             same = agent.streak_type == kind and agent.streak_count is not None
             agent.streak_count = agent.streak_count + 1 if same and agent.streak_count else 1
             agent.streak_type = kind
-            job.provision_output = connector_log(agent.hostname, job, code, time.time())
+            job.provision_output = connector_log(
+                agent.hostname, job, code, time.time(), echo=self.failure_echo
+            )
             if code == 46:
                 agent.deferred_state = (
                     "offline",
@@ -335,11 +340,11 @@ class AgentFleet:
         self._look_for_work(agent)
 
 
-def connector_log(hostname: str, job: SimJob, code: int, ended: float) -> str:
+def connector_log(hostname: str, job: SimJob, code: int, ended: float, *, echo: str = "") -> str:
     """The provision output of the MAAS device connector, as an agent posts it: the phase's
     banner, then timestamped lines up to `ended` (a time.time() value). A failure ends with the
-    error that says why (exit 1: the deployment failed; 46: so did the device's recovery), and
-    then the connector's cleanup line."""
+    lines of `echo`, the error that says why (exit 1: the deployment failed; 46: so did the
+    device's recovery), and then the connector's cleanup line."""
 
     def at(seconds_before: float) -> str:
         return datetime.fromtimestamp(ended - seconds_before, UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -361,7 +366,9 @@ def connector_log(hostname: str, job: SimJob, code: int, ended: float) -> str:
     )
     if code == 0:
         lines += [f"{at(1)} INFO: {hostname}: Deployed", f"{at(0)} INFO: END provision"]
-    elif code == 46:
+        return "\n".join(lines) + "\n"
+    lines += [f"{at(3)} DEBUG: {line}" for line in echo.splitlines()]
+    if code == 46:
         lines += [
             deploy_failed,
             f"{at(2)} INFO: Recovering {hostname}: power cycle through its BMC",
