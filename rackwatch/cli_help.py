@@ -205,8 +205,8 @@ and never a secret. Submits nothing and writes nothing: a missing state file is 
 
 Lines starting "warning:" name what works but deserves a look, as run-once and run log them at
 start: secrets in a file that others may read or write, a listener on every interface, MAAS's
-token secret sent over http://, deprecated settings, and agent records that lack the fields
-stale or quarantine detection needs. Warnings do not change the exit code.
+token secret or Testflinger's login sent over http://, deprecated settings, and agent records
+that lack the fields stale or quarantine detection needs. Warnings do not change the exit code.
 
 Exits 0 when every check passed; 69 when the state file, MAAS or Testflinger failed one (the
 last line names which); 78 when the configuration is invalid."""

@@ -19,11 +19,13 @@ EVERY_INTERFACE = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - the addresses
 def config_warnings(settings: Settings, mode: int | None) -> list[str]:
     """One line per warning: the configuration file's secrets open to others (`mode`, its
     permission bits; None when the settings come from no file), a listener on every interface,
-    MAAS's token secret sent in clear, and each deprecated setting in use."""
+    MAAS's token secret or Testflinger's client secret sent in clear, and each deprecated
+    setting in use."""
     found = [
         _exposed_secrets(settings, mode),
         _open_listener(settings),
         _maas_in_clear(settings.maas.url),
+        _testflinger_login_in_clear(settings),
     ]
     return [line for line in found if line] + settings.deprecations()
 
@@ -64,6 +66,19 @@ def _maas_in_clear(url: str) -> str | None:
         "maas.url is http://, and rackwatch signs MAAS requests with OAuth PLAINTEXT: the token"
         " secret of maas.api_key crosses the network in clear with every request; use"
         " https:// where MAAS offers it"
+    )
+
+
+def _testflinger_login_in_clear(settings: Settings) -> str | None:
+    parts = urlsplit(settings.testflinger.url)
+    if not settings.testflinger.client_id or parts.scheme != "http":
+        return None
+    if _is_loopback(parts.hostname or ""):
+        return None
+    return (
+        "testflinger.url is http://, and rackwatch logs in with testflinger.client_id and"
+        " testflinger.secret: the secret crosses the network in clear at each login, and the"
+        " token it gets with every request; use https:// where Testflinger offers it"
     )
 
 

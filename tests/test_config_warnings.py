@@ -40,6 +40,11 @@ IN_CLEAR = (
     " secret of maas.api_key crosses the network in clear with every request; use https://"
     " where MAAS offers it"
 )
+LOGIN_IN_CLEAR = (
+    "testflinger.url is http://, and rackwatch logs in with testflinger.client_id and"
+    " testflinger.secret: the secret crosses the network in clear at each login, and the token"
+    " it gets with every request; use https:// where Testflinger offers it"
+)
 DEPRECATED = "metrics.listen is deprecated: name the listener web.listen instead"
 
 
@@ -160,6 +165,24 @@ def test_maas_over_http_sends_the_token_secret_in_clear(
     """PLAINTEXT signing over http:// is a warning, unless MAAS is this very machine."""
     settings = loaded(tmp_path, f'[maas]\nurl = "{url}"\napi_key = "{SECRET_KEY}"\n')
     assert config_warnings(settings, 0o600) == ([IN_CLEAR] if warned else [])
+
+
+@pytest.mark.parametrize(
+    ("url", "client_id", "warned"),
+    [
+        ("http://testflinger.lab/", "rackwatch-bot", True),
+        ("https://testflinger.lab/", "rackwatch-bot", False),
+        ("http://testflinger.lab/", "", False),  # no login: nothing secret is sent
+        ("http://127.0.0.1:5000/", "rackwatch-bot", False),
+    ],
+)
+def test_a_testflinger_login_over_http_sends_its_secret_in_clear(
+    tmp_path: Path, url: str, client_id: str, warned: bool
+) -> None:
+    """Logging in over http:// is a warning, unless Testflinger is this very machine."""
+    login = f'client_id = "{client_id}"\nsecret = "tf-secret"\n' if client_id else ""
+    settings = loaded(tmp_path, f'{MAAS}[testflinger]\nurl = "{url}"\n{login}')
+    assert config_warnings(settings, 0o600) == ([LOGIN_IN_CLEAR] if warned else [])
 
 
 # --- the commands that give them -----------------------------------------------------------------
