@@ -59,6 +59,7 @@ class Measured:
     startup_s: tuple[float, float]  # `rackwatch --version`: with bytecode cached, and without
     wall_s: float
     cpu_s: float  # user + sys
+    sys_s: float  # of which sys
     peak_rss_mb: float
     lab_cpu_s: float  # this process: the lab, and reading rackwatch's output
     others_cpu_s: float | None  # every other process on the machine, where /proc/stat tells
@@ -184,6 +185,7 @@ async def run_once(lab: Lab, clock: JobClock, args: argparse.Namespace) -> Measu
         startup_s=startup,
         wall_s=wall,
         cpu_s=cpu,
+        sys_s=usage.ru_stime - children.ru_stime,
         peak_rss_mb=usage.ru_maxrss / 1024,
         lab_cpu_s=lab_cpu,
         others_cpu_s=None if busy is None or busy_end is None else busy_end - busy - cpu - lab_cpu,
@@ -275,7 +277,7 @@ def print_results(args: argparse.Namespace, run: Measured, job_seconds: list[flo
         )
     print(
         f"  {'CPU (user+sys)':<16}{run.cpu_s:.2f} s = {1000 * run.cpu_s / agents:.2f} ms/agent"
-        f"   (the lab's process: {run.lab_cpu_s:.2f} s)"
+        f" (sys {run.sys_s:.2f} s)   (the lab's process: {run.lab_cpu_s:.2f} s)"
     )
     if run.others_cpu_s is not None:
         print(f"  other processes used {max(0.0, run.others_cpu_s):.2f} CPU s meanwhile (noise)")

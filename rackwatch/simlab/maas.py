@@ -184,8 +184,12 @@ class MaasApi:
                 ]
         if errors:
             return web.json_response(errors, status=400)
+        machines = self._lab.machines
+        if wanted["tags"]:  # the machines that carry the first tag asked for, looked up cheaply
+            tag, rack_of = wanted["tags"][0], self._lab.machine_rack
+            machines = [m for m in machines if rack_of[m.hostname] == tag or tag in m.tags]
         return web.json_response(
-            [self.machine_json(m) for m in self._lab.machines if _selected(self._lab, m, wanted)]
+            [self.machine_json(m) for m in machines if _selected(self._lab, m, wanted)]
         )
 
     # -- OAuth, as piston checks it -------------------------------------------------------------
