@@ -138,10 +138,10 @@ def write_config(folder: Path, lab: Lab, urls: LabUrls, args: argparse.Namespace
     return config
 
 
-def startup_seconds(python: Path, env: dict[str, str]) -> float:
+def startup_seconds(rackwatch: installed.Installed, env: dict[str, str]) -> float:
     """Wall time of `rackwatch --version`: starting Python and importing rackwatch."""
     started = time.perf_counter()
-    command = [str(python), "-m", "rackwatch", "--version"]
+    command = rackwatch.command("--version")
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
 
@@ -151,8 +151,8 @@ async def run_once(lab: Lab, clock: JobClock, args: argparse.Namespace) -> Measu
     with tempfile.TemporaryDirectory(prefix="rackwatch-bench-") as scratch:
         env = installed.environment()
         uncached = installed.uncached(env, Path(scratch))
-        startup_seconds(args.python, env)  # reads the compiled modules into the page cache
-        startup = (startup_seconds(args.python, env), startup_seconds(args.python, uncached))
+        startup_seconds(args.installed, env)  # reads the compiled modules into the page cache
+        startup = (startup_seconds(args.installed, env), startup_seconds(args.installed, uncached))
         async with lab.serve() as urls:
             config = write_config(Path(scratch), lab, urls, args)
             command = ["run-once", "--config", str(config), "--json", "--log-level", "warning"]
@@ -160,12 +160,12 @@ async def run_once(lab: Lab, clock: JobClock, args: argparse.Namespace) -> Measu
             lab_cpu = time.process_time()
             busy = machine_busy_seconds()
             started = time.perf_counter()
-            profiled = ["-m", "cProfile", "-o", args.profile] if args.profile else []
             process = await asyncio.create_subprocess_exec(
-                *[str(args.python), *profiled, "-m", "rackwatch", *command],
+                *args.installed.command(*command, profile=args.profile),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
+                cwd=scratch,  # not the project's root, whose rackwatch python -m would import
             )
             stdout, stderr = await process.communicate()
             wall = time.perf_counter() - started
@@ -412,7 +412,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rackwatch-installed-") as folder:
-        args.python = installed.build(Path(folder))
+        args.installed = installed.build(Path(folder))
         if args.racks is None:
             return suite(args)
         met, _ = measure(args)

@@ -6,7 +6,8 @@ only, their bytecode compiled. The project's own `.venv` holds the test tools to
 change what rackwatch imports: structlog imports rich (which import-linter brings) when it is
 there, and pydantic looks for plugins among every installed package. A benchmark of
 rackwatch's own cost measures it as the lab runs it, so it builds that environment afresh from
-the working tree (`build`), and runs rackwatch with its interpreter.
+the working tree (`build`), and runs its `bin/rackwatch`, as the service does: `python -m
+rackwatch` would import the working tree's own copy when run from the project's root.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +33,25 @@ DROPPED_PREFIXES = (
 )
 
 
-def build(folder: Path) -> Path:
+@dataclass(frozen=True)
+class Installed:
+    """A virtual environment that holds rackwatch as a lab host installs it."""
+
+    folder: Path
+
+    def command(self, *args: str, profile: str | None = None) -> list[str]:
+        """`rackwatch *args` as the service runs it; under cProfile, its stats written to
+        `profile`, when that is given (run it outside the project's root: `python -m cProfile`
+        puts the working directory first on the module path)."""
+        script = str(self.folder / "bin" / "rackwatch")
+        if profile is None:
+            return [script, *args]
+        return [str(self.folder / "bin" / "python"), "-m", "cProfile", "-o", profile, script, *args]
+
+
+def build(folder: Path) -> Installed:
     """Install rackwatch from the working tree into a virtual environment at `folder`, as on a
-    lab host; its interpreter."""
+    lab host."""
     uv = os.environ.get("UV")  # set by `uv run`
     command = [uv] if uv else [sys.executable, "-m", "uv"]
     env = {**environment(), "UV_PROJECT_ENVIRONMENT": str(folder)}
@@ -47,7 +65,7 @@ def build(folder: Path) -> Path:
     )
     if done.returncode != 0:
         raise SystemExit(f"installing rackwatch into {folder} failed:\n{done.stderr}")
-    return folder / "bin" / "python"
+    return Installed(folder)
 
 
 def environment() -> dict[str, str]:

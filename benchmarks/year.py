@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rackwatch-year-") as temp:
         folder = args.dir or Path(temp)
         folder.mkdir(parents=True, exist_ok=True)
-        args.python = installed.build(Path(temp) / "venv")
+        args.installed = installed.build(Path(temp) / "venv")
         return _run(args, folder)
 
 
@@ -420,7 +420,7 @@ def _run(args: argparse.Namespace, folder: Path) -> int:
     )
     config = _write_config(folder, built)
     status_process = min(
-        (_status_process(args.python, config) for _ in range(3)), key=lambda t: t.wall_s
+        (_status_process(args.installed, config) for _ in range(3)), key=lambda t: t.wall_s
     )
     status_inline = min((_status_inline(path, built) for _ in range(3)), key=lambda t: t.wall_s)
     print(
@@ -431,7 +431,7 @@ def _run(args: argparse.Namespace, folder: Path) -> int:
     collect = min((_collect(path, built) for _ in range(5)), key=lambda t: t.wall_s)
     # Twice: the first start also reads what the daemon imports into the page cache.
     start, first_scrape, scrape = min(
-        (_daemon(args.python, config) for _ in range(2)), key=lambda started: started[0]
+        (_daemon(args.installed, config) for _ in range(2)), key=lambda started: started[0]
     )
     print(
         f"/metrics: HTTP scrape {scrape * 1000:.1f} ms wall, median of 5"
@@ -477,11 +477,11 @@ listen = "127.0.0.1:{port}"
     return config
 
 
-def _status_process(python: Path, config: Path) -> Timed:
+def _status_process(rackwatch: installed.Installed, config: Path) -> Timed:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     done = subprocess.run(
-        [str(python), "-m", "rackwatch", "status", "--config", str(config), "--json"],
+        rackwatch.command("status", "--config", str(config), "--json"),
         capture_output=True,
         env=installed.environment(),
         check=False,
@@ -513,7 +513,7 @@ def _collect(path: Path, built: Built) -> Timed:
     return timed
 
 
-def _daemon(python: Path, config: Path) -> tuple[float, float, float]:
+def _daemon(rackwatch: installed.Installed, config: Path) -> tuple[float, float, float]:
     """Start `rackwatch run`: the seconds until /healthz answers, then those of its first
     /metrics scrape (which builds the per-agent gauges) and the median of the next five."""
     listen = next(
@@ -522,7 +522,7 @@ def _daemon(python: Path, config: Path) -> tuple[float, float, float]:
     base = f"http://{listen}"
     began = time.perf_counter()
     daemon = subprocess.Popen(
-        [str(python), "-m", "rackwatch", "run", "--config", str(config)],
+        rackwatch.command("run", "--config", str(config)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=installed.environment(),

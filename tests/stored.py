@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from rackwatch.model import Outcome
 from rackwatch.store import Store
 
 T0 = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
@@ -23,3 +24,42 @@ def begin(store: Store, cycle_id: int, agent: str, minutes: float = 0, rack: str
         job_id=f"job-{agent}-{minutes}",
         at=at(minutes),
     )
+
+
+def record(
+    store: Store,
+    cycle_id: int,
+    agent: str,
+    outcome: Outcome | None,
+    at: datetime,
+    *,
+    seconds: float | None = None,
+    submitted_after: timedelta = timedelta(seconds=1),
+    maas_status: str | None = None,
+    **finish: object,
+) -> int:
+    """One check of `agent` in rack r1, begun at `at`: a skip for an outcome that is one, else
+    a job submitted `submitted_after` later that ended `seconds` after its submission (by
+    default 10 minutes and a few seconds, which differ from check to check) with `outcome` and
+    `finish`, or that is still in flight (outcome None)."""
+    if outcome is not None and outcome.is_skip:
+        return store.record_outcome(
+            cycle_id, rack="r1", agent=agent, machine=agent, outcome=outcome, at=at
+        )
+    check_id = store.begin_job(
+        cycle_id,
+        rack="r1",
+        agent=agent,
+        machine=agent,
+        queue=agent,
+        job_id=f"{agent}@{at.isoformat()}",
+        at=at,
+        maas_status=maas_status,
+    )
+    submitted = at + submitted_after
+    store.mark_submitted(check_id, submitted)
+    if outcome is not None:
+        took = seconds if seconds is not None else 600 + at.minute + at.microsecond / 1e6
+        ended = submitted + timedelta(seconds=took)
+        store.finish_check(check_id, outcome=outcome, at=ended, **finish)  # type: ignore[arg-type]
+    return check_id

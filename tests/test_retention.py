@@ -18,36 +18,11 @@ from rackwatch.render.history import history_json, history_text
 from rackwatch.store import MIGRATIONS, CheckRecord, DayRecord, Store, _db
 from rackwatch.store.records import CycleRecord
 from tests.harness import rackwatch
+from tests.stored import record
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 KEEP = timedelta(days=3)
 o = Outcome
-
-
-def record(
-    store: Store, cycle_id: int, agent: str, outcome: Outcome | None, at: datetime, **kwargs: object
-) -> int:
-    """One check of `agent` at `at`: a job of 10 minutes and a few seconds, or a skip."""
-    if outcome is not None and outcome.is_skip:
-        return store.record_outcome(
-            cycle_id, rack="r1", agent=agent, machine=agent, outcome=outcome, at=at
-        )
-    check_id = store.begin_job(
-        cycle_id,
-        rack="r1",
-        agent=agent,
-        machine=agent,
-        queue=agent,
-        job_id=f"{agent}@{at.isoformat()}",
-        at=at,
-    )
-    store.mark_submitted(check_id, at + timedelta(seconds=1))
-    if outcome is not None:
-        seconds = 600 + at.minute + at.microsecond / 1e6
-        store.finish_check(
-            check_id, outcome=outcome, at=at + timedelta(seconds=1 + seconds), **kwargs  # type: ignore[arg-type]
-        )
-    return check_id
 
 
 def a_week(store: Store, agents: dict[str, list[Outcome]]) -> None:

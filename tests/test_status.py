@@ -20,6 +20,7 @@ from rackwatch.simlab import Behaviour, Lab, SimMachine, SimRack
 from rackwatch.status import build_status, needing_a_person
 from rackwatch.store import AgentTrend, Store
 from tests.harness import Done, Harness, rack, rackwatch, write_config
+from tests.stored import record
 
 JOB_ID = "5d0c7a4e-8f1b-4c2d-9e3f-a1b2c3d4e5f6"
 
@@ -328,7 +329,16 @@ async def test_status_shows_the_pass_rate_and_flags_a_slower_provisioning(
                 index = step - (len(slow) - len(checks))
                 if index >= 0:
                     outcome, seconds = checks[index]
-                    record_check(store, cycle_id, agent, outcome, at, seconds)
+                    record(
+                        store,
+                        cycle_id,
+                        agent,
+                        outcome,
+                        at,
+                        seconds=seconds,
+                        submitted_after=timedelta(seconds=5),
+                        maas_status="Deployed",
+                    )
             store.finish_cycle(cycle_id, at + timedelta(hours=1), "failures")
         trends = store.trends(["slow", "steady", "young", "nobody"])
     assert trends["slow"].provision_s == (250, *[100] * 9)
@@ -512,30 +522,6 @@ async def test_build_status_keeps_a_quarantined_agent_that_turned_busy_needing_a
     assert known.reason.startswith("quarantined: ")
     assert status.health_of("q1-m2").outcome is Outcome.OFFLINE
     assert [state.agent for state in needing_a_person([status])[0].agents] == ["q1-m1"]
-
-
-def record_check(
-    store: Store, cycle_id: int, agent: str, outcome: Outcome, at: datetime, seconds: float
-) -> None:
-    """One check of `agent`: a job submitted 5 s after `at` that took `seconds`, or a skip."""
-    if outcome.is_skip:
-        store.record_outcome(
-            cycle_id, rack="r1", agent=agent, machine=agent, outcome=outcome, at=at
-        )
-        return
-    check_id = store.begin_job(
-        cycle_id,
-        rack="r1",
-        agent=agent,
-        machine=agent,
-        queue=agent,
-        job_id=f"{agent}@{at.isoformat()}",
-        at=at,
-        maas_status="Deployed",
-    )
-    submitted = at + timedelta(seconds=5)
-    store.mark_submitted(check_id, submitted)
-    store.finish_check(check_id, outcome=outcome, at=submitted + timedelta(seconds=seconds))
 
 
 # history
