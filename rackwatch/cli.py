@@ -196,14 +196,14 @@ def _configure_logs(
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from rackwatch import logs
-    from rackwatch.preflight import try_services
+    from rackwatch.preflight import try_configuration
 
     settings = load_settings(args.config)
     logs.configure("error", secrets=settings.secret_values())  # the lines below say what went wrong
     racks = plural(len(settings.racks), "rack")
     print(f"config: {settings.config_path}: valid ({racks}, state file {settings.state_file})")
     try:
-        trials = asyncio.run(try_services(settings))
+        trials = asyncio.run(try_configuration(settings))
     except KeyboardInterrupt:
         return _fail("check-config interrupted", ExitCode.INTERRUPTED)
     if not settings.racks:

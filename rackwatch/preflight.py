@@ -34,7 +34,7 @@ class Trial:
     failed: str | None = None
 
 
-async def try_services(settings: Settings) -> list[Trial]:
+async def try_configuration(settings: Settings) -> list[Trial]:
     """The warnings and the state file's trial, then every configured rack's MAAS listing and
     Testflinger, tried at once, in that order."""
     warnings = [f"warning: {line}" for line in config_warnings(settings, settings.config_mode)]

@@ -139,7 +139,7 @@ def _rack_text(
 ) -> str:
     cycle = status.last_cycle
     lines = [
-        f"{status.rack}: {_cycle_text(cycle, status.reading, now)};"
+        f"{status.rack}: {cycle_text(cycle, now, status.reading)};"
         f" {next_text(status.next_check, now)}"
     ]
     if cycle is not None and cycle.error:
@@ -221,15 +221,17 @@ def _agent_health_text(status: RackStatus, state: AgentState) -> str:
     return f"agent {status.health_of(state.agent).state}"
 
 
-def _cycle_text(cycle: CycleRecord | None, reading: str | None, now: datetime) -> str:
-    """The last cycle, ending with `reading`, its status as shown."""
+def cycle_text(cycle: CycleRecord | None, now: datetime, reading: str | None = None) -> str:
+    """The rack's last cycle, as the status and the web pages say it: when it started, how long
+    it took, then `reading` (its status as shown) when given."""
     if cycle is None:
         return "never checked"
     started = f"last cycle started {ago(cycle.started_at, now)}"
     if cycle.finished_at is None:
         return f"{started}, still running"
     took = duration((cycle.finished_at - cycle.started_at).total_seconds())
-    return f"{started}, ended after {took}: {reading}"
+    ended = f"{started}, ended after {took}"
+    return f"{ended}: {reading}" if reading else ended
 
 
 def next_text(next_check: datetime | None, now: datetime) -> str:

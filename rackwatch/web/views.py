@@ -22,10 +22,10 @@ from rackwatch.config import job_url
 from rackwatch.model import AgentHealth, Health, Silence
 from rackwatch.policy import format_age
 from rackwatch.render.silence import silence_text
-from rackwatch.render.status import next_text
+from rackwatch.render.status import cycle_text, next_text
 from rackwatch.render.table import ago, duration, plural, utc, with_error_line
 from rackwatch.status import RackStatus
-from rackwatch.store import AgentState, CheckRecord, CycleRecord
+from rackwatch.store import AgentState, CheckRecord
 
 # A cell's colour, by what a person should make of the agent; silenced outranks its health.
 SILENCED = "silenced"
@@ -123,7 +123,7 @@ def rack_header(
         rack=status.rack,
         href=rack_href(status.rack),
         reading=_reading(status),
-        cycle=_cycle_text(status.last_cycle, now),
+        cycle=cycle_text(status.last_cycle, now),
         next_check=next_text(status.next_check, now),
         incident=(
             f"rack incident for {format_age(now - incident.opened_at)}: {incident.reason}"
@@ -336,16 +336,6 @@ def _reading(status: RackStatus) -> str:
     if status.last_cycle.finished_at is None:
         return "running"
     return status.reading or "-"
-
-
-def _cycle_text(cycle: CycleRecord | None, now: datetime) -> str:
-    if cycle is None:
-        return "never checked"
-    started = f"last cycle started {ago(cycle.started_at, now)}"
-    if cycle.finished_at is None:
-        return f"{started}, still running"
-    took = duration((cycle.finished_at - cycle.started_at).total_seconds())
-    return f"{started}, took {took}"
 
 
 def _checked_at(check: CheckRecord) -> datetime:
