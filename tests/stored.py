@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from rackwatch.model import Outcome
 from rackwatch.store import Store
+from rackwatch.store.marks import refresh_marks
 
 T0 = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
 
@@ -63,3 +67,16 @@ def record(
         ended = submitted + timedelta(seconds=took)
         store.finish_check(check_id, outcome=outcome, at=ended, **finish)  # type: ignore[arg-type]
     return check_id
+
+
+def marks_as_computed(state_file: Path) -> list[tuple[object, ...]]:
+    """The state file's marks, each row asserted to be what `refresh_marks` computes from its
+    checks (on a copy of the file)."""
+    copy = sqlite3.connect(":memory:", isolation_level=None)
+    with closing(sqlite3.connect(state_file)) as conn:
+        conn.backup(copy)
+    with closing(copy):
+        kept = sorted(copy.execute("SELECT * FROM marks"))
+        refresh_marks(copy, [name for (name,) in copy.execute("SELECT name FROM agents")])
+        assert kept == sorted(copy.execute("SELECT * FROM marks"))
+    return kept

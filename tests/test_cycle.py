@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from collections.abc import Iterable
-from contextlib import closing
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +17,8 @@ from rackwatch.model import Outcome
 from rackwatch.provision_log import error_line
 from rackwatch.simlab import DEFAULT_MAAS_API_KEY, Behaviour, Fault, FaultKind, SimMachine, SimRack
 from rackwatch.store import Store
-from rackwatch.store.marks import refresh_marks
 from tests.harness import FAST_RETRY, Harness, LabFactory, rack, until
+from tests.stored import marks_as_computed
 
 LOGIN = ("rackwatch-ci", "a-long-client-secret-0001")
 
@@ -160,28 +157,15 @@ async def test_the_marks_kept_with_each_check_are_those_its_checks_give(
     )
     for _ in range(2):
         await harness.cycle()
-        assert_marks_as_computed(harness.state_file)
+        assert len(marks_as_computed(harness.state_file)) == 4
     # The next cycle's jobs stay in flight: no result is answered.
     harness.lab.inject(Fault(FaultKind.SLOW, "testflinger", path="/v1/result/", delay=60))
     cycle = asyncio.create_task(harness.cycle())
     await until(lambda: harness.lab.requests["POST /v1/job"] == 6)
-    assert_marks_as_computed(harness.state_file)
+    assert len(marks_as_computed(harness.state_file)) == 4
     cycle.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cycle
-
-
-def assert_marks_as_computed(state_file: Path) -> None:
-    """The state file's marks are those `refresh_marks` computes from its checks."""
-    copy = sqlite3.connect(":memory:", isolation_level=None)
-    with closing(sqlite3.connect(state_file)) as conn:
-        conn.backup(copy)
-    with closing(copy):
-        kept = sorted(copy.execute("SELECT * FROM marks"))
-        refresh_marks(copy, [name for (name,) in copy.execute("SELECT name FROM agents")])
-        computed = sorted(copy.execute("SELECT * FROM marks"))
-    assert len(kept) == 4
-    assert kept == computed
 
 
 async def test_one_search_per_poll_interval_however_many_jobs(served: LabFactory) -> None:

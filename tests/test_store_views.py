@@ -7,15 +7,14 @@ import random
 import re
 import sqlite3
 from collections.abc import Mapping
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rackwatch.model import Outcome
 from rackwatch.store import Store
-from rackwatch.store.marks import REFRESH_MARKS_SQL, refresh_marks
+from rackwatch.store.marks import REFRESH_MARKS_SQL
 from rackwatch.store.views import AGENT_FIGURES_SQL, AGENT_MARKS_SQL
-from tests.stored import T0
+from tests.stored import T0, marks_as_computed
 
 
 class Recorder:
@@ -240,14 +239,4 @@ def test_marks_brought_up_to_date_at_each_end_are_those_computed_anew(tmp_path: 
                     outcome=rng.choice(skips),
                     at=at,
                 )
-            assert_marks_as_computed(path)
-
-
-def assert_marks_as_computed(path: Path) -> None:
-    copy = sqlite3.connect(":memory:", isolation_level=None)
-    with closing(sqlite3.connect(path)) as conn:
-        conn.backup(copy)
-    with closing(copy):
-        kept = sorted(copy.execute("SELECT * FROM marks"))
-        refresh_marks(copy, [name for (name,) in copy.execute("SELECT name FROM agents")])
-        assert kept == sorted(copy.execute("SELECT * FROM marks"))
+            assert marks_as_computed(path)  # each row as computed anew, and rows there are
