@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -343,7 +344,7 @@ class Checker:
             detail = f"unexpected error: {exc!r}"
             for check in self._store.unfinished(rack):
                 if check.agent == agent:
-                    self._jobs.finish(Job.of(check), Outcome.ERROR, detail, lingering=True)
+                    await self._jobs.finish(Job.of(check), Outcome.ERROR, detail, lingering=True)
                     return
             if not any(c.agent == agent for c in self._store.checks_of_cycle(cycle_id)):
                 self._store.record_outcome(
@@ -371,17 +372,19 @@ class Checker:
         assert decision.queue is not None
         job_id = str(uuid.uuid4())
         async with self._posting:
+            begin = partial(
+                self._store.begin_job,
+                cycle_id,
+                rack=rack,
+                agent=decision.name,
+                machine=decision.machine.hostname,
+                queue=decision.queue,
+                job_id=job_id,
+                at=self._clock(),
+                maas_status=decision.machine.status,
+            )
             try:
-                check_id = self._store.begin_job(
-                    cycle_id,
-                    rack=rack,
-                    agent=decision.name,
-                    machine=decision.machine.hostname,
-                    queue=decision.queue,
-                    job_id=job_id,
-                    at=self._clock(),
-                    maas_status=decision.machine.status,
-                )
+                check_id = await self._jobs.write(begin)
             except StoreError:
                 # The state file keeps one unfinished job per agent: the cycle of another rack
                 # that lists the machine (in another process, say) began one since this cycle

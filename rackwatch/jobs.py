@@ -7,8 +7,10 @@ A job that may run on after its check ended (a timeout: Testflinger cannot stop 
 is followed up in later cycles, its cancel retried, and what became of it recorded on that check.
 
 Every step is written to the store before the next one is taken: the job id is recorded (by
-the caller) before the job is posted, and a job whose check has no outcome is resumed. Jobs in
-flight are followed by one `tracking.Tracker` for the whole process.
+the caller) before the job is posted, and a job whose check has no outcome is resumed. The
+writes that the checks ask for in one turn of the event loop share a transaction (`write`, a
+`group_commit.GroupCommit`), each awaited until it is committed. Jobs in flight are followed by
+one `tracking.Tracker` for the whole process.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
 
 from rackwatch import policy
 from rackwatch.errors import UpstreamError, UpstreamOutcomeUnknown, UpstreamUnavailable
+from rackwatch.group_commit import GroupCommit
 from rackwatch.model import ActiveJob, Agent, JobDefinition, JobResult, Outcome
 from rackwatch.provision_log import excerpt
 from rackwatch.safe_text import Redactor
@@ -109,6 +113,7 @@ class Jobs:
         self._clock = clock
         self._on_progress = on_progress
         self._redact = Redactor(secrets)
+        self.write = GroupCommit(store)  # the checks' writes of one turn of the loop, together
         self._tags = (JOB_TAG, f"{JOB_TAG}-{store.identity()}")
         self.tally = Tally()
 
@@ -156,7 +161,7 @@ class Jobs:
                 if (posted := await self.post(job, resumed=True)) is not None:
                     await self.track(posted)
                 return
-            job = self._submitted(job, check.created_at, resumed=True)
+            job = await self._submitted(job, check.created_at, resumed=True)
         else:
             log.info("check.resumed", rack=job.rack, agent=job.agent, job_id=job.job_id)
             self.tally.submitted += 1
@@ -189,11 +194,13 @@ class Jobs:
             except UpstreamError as exc:
                 self.upstream_failed(exc)
                 # After an unclear post, a late copy of it could still arrive.
-                self.finish(job, Outcome.ERROR, f"submit failed: {exc}", lingering=attempt > 0)
+                await self.finish(
+                    job, Outcome.ERROR, f"submit failed: {exc}", lingering=attempt > 0
+                )
                 return None
-            return self._submitted(job, self._clock(), resumed=resumed)
+            return await self._submitted(job, self._clock(), resumed=resumed)
         detail = f"no clear answer to {SUBMIT_ATTEMPTS} submissions, and the job never appeared"
-        self.finish(job, Outcome.ERROR, detail, lingering=True)
+        await self.finish(job, Outcome.ERROR, detail, lingering=True)
         return None
 
     async def _look_for(
@@ -224,7 +231,7 @@ class Jobs:
         except UpstreamError as exc:
             self.upstream_failed(exc)
             detail = f"cannot tell whether its job was stored: {exc}"
-            self.finish(job, Outcome.ERROR, detail, lingering=True)
+            await self.finish(job, Outcome.ERROR, detail, lingering=True)
             return "ended"
         if job.job_id in held.by_id:
             return "stored"
@@ -233,12 +240,12 @@ class Jobs:
                 f"queue {job.queue} holds rackwatch job {holder.job_id} ({holder.state});"
                 " no job submitted"
             )
-            self.finish(job, Outcome.BUSY, detail, lingering=True)
+            await self.finish(job, Outcome.BUSY, detail, lingering=True)
             return "ended"
         if fresh is None or fresh.state != "waiting":
             state = fresh.state if fresh else "unknown to Testflinger"
             detail = f"became {state} before the job was submitted"
-            self.finish(job, Outcome.BUSY, detail, lingering=True)
+            await self.finish(job, Outcome.BUSY, detail, lingering=True)
             return "ended"
         log.info("check.resubmitting", rack=job.rack, agent=job.agent, job_id=job.job_id)
         return "absent"
@@ -290,19 +297,19 @@ class Jobs:
             except UpstreamError as exc:
                 self.upstream_failed(exc)
                 detail = f"{exc}; {await self._cancel(job, last)}"
-                self.finish(job, Outcome.ERROR, detail, lingering=True)
+                await self.finish(job, Outcome.ERROR, detail, lingering=True)
                 return
             else:
                 last_error = None
                 if result is None:
-                    self.finish(job, Outcome.ERROR, "Testflinger no longer knows the job")
+                    await self.finish(job, Outcome.ERROR, "Testflinger no longer knows the job")
                     return
                 runs_on = policy.runs_on_cancelled(result, last.state if last else None)
                 last = result
                 verdict = None if runs_on else policy.judge(result)
                 if verdict is not None:
                     outcome, detail = verdict
-                    self.finish(
+                    await self.finish(
                         job,
                         outcome,
                         detail,
@@ -322,11 +329,11 @@ class Jobs:
                     cancel = await self._cancel(job, last)
                 if last_error is not None:
                     detail = f"no result readable for {limit}: {last_error}; {cancel}"
-                    self.finish(job, Outcome.ERROR, detail, lingering=True)
+                    await self.finish(job, Outcome.ERROR, detail, lingering=True)
                 else:
                     detail = f"not ended within {limit}; {cancel}"
                     log_read = self._log_of(last) if last is not None else None
-                    self.finish(
+                    await self.finish(
                         job, Outcome.TIMED_OUT, detail, provision_log=log_read, lingering=True
                     )
                 return
@@ -352,8 +359,8 @@ class Jobs:
         tags += [tag for tag in self._tags if tag not in tags]
         return {**template, "tags": tags, "job_queue": job.queue, "job_id": job.job_id}
 
-    def _submitted(self, job: Job, at: datetime, *, resumed: bool = False) -> Job:
-        self._store.mark_submitted(job.check_id, at)
+    async def _submitted(self, job: Job, at: datetime, *, resumed: bool = False) -> Job:
+        await self.write(partial(self._store.mark_submitted, job.check_id, at))
         log.info(
             "check.submitted",
             rack=job.rack,
@@ -366,7 +373,7 @@ class Jobs:
         self._progress()
         return replace(job, submitted_at=at)
 
-    def finish(
+    async def finish(
         self,
         job: Job,
         outcome: Outcome,
@@ -378,7 +385,8 @@ class Jobs:
     ) -> None:
         """End the check; `lingering` when its job may run on (see `_follow_up`)."""
         now = self._clock()
-        self._store.finish_check(
+        end = partial(
+            self._store.finish_check,
             job.check_id,
             outcome=outcome,
             at=now,
@@ -387,6 +395,7 @@ class Jobs:
             provision_log=provision_log,
             lingering=lingering,
         )
+        await self.write(end)
         started = job.submitted_at
         log.log(
             logging.WARNING if outcome.is_failure else logging.INFO,

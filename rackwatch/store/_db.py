@@ -40,6 +40,7 @@ class Database:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self._path = path
+        self._batching = False  # inside `batch()`: each write's transaction is a savepoint
 
     @classmethod
     def open(cls, path: Path) -> Self:
@@ -137,8 +138,38 @@ class Database:
                     self._conn.execute("ROLLBACK")  # nothing was written
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make the writes inside one transaction, durable when the block ends.
+
+        Each write inside is a savepoint of it: one that raises undoes only its own changes,
+        and the others are committed. An error that leaves the block undoes them all.
+        """
+        with _mapped(self._path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._batching = True
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._batching = False
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with _mapped(self._path):
+            if self._batching:
+                self._conn.execute("SAVEPOINT write")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK TO write")
+                    self._conn.execute("RELEASE write")
+                    raise
+                self._conn.execute("RELEASE write")
+                return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
