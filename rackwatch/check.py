@@ -292,21 +292,22 @@ class Checker:
             machines, survey.index, now=self._clock(), limits=self._plan.limits, held=survey.held
         )
         work: list[Awaitable[None]] = []
-        for decision in decisions:
-            if decision.name in resuming or not self._is_wanted(decision.name):
-                continue
-            claimed = claims.get(decision.name, rack)
-            if claimed != rack:  # another rack of this run checks it, its job begun or not
-                decision = _busy_elsewhere(decision, claimed)
-            elif (check := in_flight.get(decision.name)) is not None:
-                decision = _busy_elsewhere(decision, check.rack, check.job_id)
-            elif decision.outcome is None:
-                claims[decision.name] = rack
-            if decision.outcome is not None:
-                self._record(cycle_id, rack, decision)
-            else:
-                exercise = self._exercise(cycle_id, rack, decision)
-                work.append(self._guard(exercise, cycle_id, rack, decision.name))
+        with self._store.batch():  # the machines that get no job, recorded in one transaction
+            for decision in decisions:
+                if decision.name in resuming or not self._is_wanted(decision.name):
+                    continue
+                claimed = claims.get(decision.name, rack)
+                if claimed != rack:  # another rack of this run checks it, its job begun or not
+                    decision = _busy_elsewhere(decision, claimed)
+                elif (check := in_flight.get(decision.name)) is not None:
+                    decision = _busy_elsewhere(decision, check.rack, check.job_id)
+                elif decision.outcome is None:
+                    claims[decision.name] = rack
+                if decision.outcome is not None:
+                    self._record(cycle_id, rack, decision)
+                else:
+                    exercise = self._exercise(cycle_id, rack, decision)
+                    work.append(self._guard(exercise, cycle_id, rack, decision.name))
         return work
 
     def _is_wanted(self, agent: str) -> bool:
