@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from rackwatch import __version__, cli_help
+from rackwatch.config import split_address
 
 Commands: TypeAlias = "argparse._SubParsersAction[_CommandParser]"
 
@@ -231,11 +232,12 @@ def _positive_int(text: str) -> int:
 
 def _address(text: str) -> tuple[str, int]:
     """HOST:PORT, the host an address or a name ([::1] in brackets); port 0 picks a free one."""
-    host, _, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"must be HOST:PORT, e.g. 127.0.0.1:9464: {text!r}")
-    return host, int(port)
+    try:
+        return split_address(text, lowest_port=0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be HOST:PORT, e.g. 127.0.0.1:9464: {text!r}"
+        ) from None
 
 
 def _seconds(text: str) -> float:

@@ -59,8 +59,7 @@ def _open_listener(settings: Settings) -> str | None:
 
 
 def _maas_in_clear(url: str) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+    if not _in_clear(url):
         return None
     return (
         "maas.url is http://, and rackwatch signs MAAS requests with OAuth PLAINTEXT: the token"
@@ -70,16 +69,19 @@ def _maas_in_clear(url: str) -> str | None:
 
 
 def _testflinger_login_in_clear(settings: Settings) -> str | None:
-    parts = urlsplit(settings.testflinger.url)
-    if not settings.testflinger.client_id or parts.scheme != "http":
-        return None
-    if _is_loopback(parts.hostname or ""):
+    if not settings.testflinger.client_id or not _in_clear(settings.testflinger.url):
         return None
     return (
         "testflinger.url is http://, and rackwatch logs in with testflinger.client_id and"
         " testflinger.secret: the secret crosses the network in clear at each login, and the"
         " token it gets with every request; use https:// where Testflinger offers it"
     )
+
+
+def _in_clear(url: str) -> bool:
+    """Whether what is sent to `url` crosses a network unencrypted: http:// to another machine."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not _is_loopback(parts.hostname or "")
 
 
 def _is_loopback(host: str) -> bool:

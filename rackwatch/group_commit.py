@@ -6,7 +6,7 @@ it: as posting slots free, and as a round of the job tracking tells many jobs th
 `GroupCommit` makes the writes asked for in one turn in one transaction (`Store.batch`), each
 in a savepoint of its own, so that a write that fails undoes only itself and raises in its own
 caller. A write is durable when its await returns, as one of its own would be: no job is posted
-before its check is on disk. May import: `store` and `errors`.
+before its check is on disk. May import: `store`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from rackwatch.errors import StoreError
 from rackwatch.store import Store
 
 T = TypeVar("T")
@@ -51,9 +50,7 @@ class GroupCommit:
         except BaseException as exc:  # not committed: none of them was written
             for _, future in pending:
                 if not future.done():
-                    future.set_exception(
-                        StoreError(str(exc)) if isinstance(exc, StoreError) else exc
-                    )
+                    future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return

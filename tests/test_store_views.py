@@ -14,7 +14,7 @@ from rackwatch.model import Outcome
 from rackwatch.store import Store
 from rackwatch.store.marks import REFRESH_MARKS_SQL
 from rackwatch.store.views import AGENT_FIGURES_SQL, AGENT_MARKS_SQL
-from tests.stored import T0, marks_as_computed
+from tests.stored import T0, begin, marks_as_computed
 
 
 class Recorder:
@@ -212,22 +212,14 @@ def test_marks_brought_up_to_date_at_each_end_are_those_computed_anew(tmp_path: 
         cycle_id = store.start_cycle("r1", T0)
         open_jobs: dict[str, int] = {}
         minute = 0
-        for step in range(300):
+        for _ in range(300):
             minute += rng.choice([0, 1, 1, 2])  # 0: the same instant as the check before
             at = T0 + timedelta(minutes=minute)
             agent = rng.choice(agents)
             if agent in open_jobs and rng.random() < 0.7:
                 store.finish_check(open_jobs.pop(agent), outcome=rng.choice(ended), at=at)
             elif agent not in open_jobs and rng.random() < 0.8:
-                open_jobs[agent] = store.begin_job(
-                    cycle_id,
-                    rack="r1",
-                    agent=agent,
-                    machine=agent,
-                    queue=agent,
-                    job_id=f"job-{step}",
-                    at=at,
-                )
+                open_jobs[agent] = begin(store, cycle_id, agent, minutes=minute)
                 if rng.random() < 0.5:
                     store.mark_submitted(open_jobs[agent], at + timedelta(seconds=30))
             else:

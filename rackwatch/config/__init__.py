@@ -55,6 +55,7 @@ from rackwatch.config.values import (
     DurationOrZero,
     check_rack_name,
     parse_duration,
+    split_address,
 )
 from rackwatch.errors import ConfigError
 
@@ -82,6 +83,7 @@ __all__ = [
     "DurationOrZero",
     "parse_duration",
     "check_rack_name",
+    "split_address",
 ]
 
 _Model = TypeVar("_Model", bound=BaseSettings)

@@ -139,12 +139,24 @@ StateFile = Annotated[Path, BeforeValidator(_not_empty)]
 Rack = Annotated[str, AfterValidator(_check_rack)]
 
 
+def split_address(text: str, *, lowest_port: int = 1) -> tuple[str, int]:
+    """The (host, port) of HOST:PORT, the host an address or a name, brackets of an IPv6 host
+    removed.
+
+    Raises:
+        ValueError: not HOST:PORT with a host, or a port outside `lowest_port`..65535.
+    """
+    host, _, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not lowest_port <= int(port) < 65536:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+    return host, int(port)
+
+
 def _check_address(value: str) -> str:
     value = value.strip()
     if value:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        split_address(value)
     return value
 
 
@@ -152,11 +164,8 @@ Address = Annotated[str, AfterValidator(_check_address)]  # host:port, or "" for
 
 
 def address(listen: str) -> tuple[str, int] | None:
-    """The (host, port) of an `Address`, brackets of an IPv6 host removed; None for ""."""
-    if not listen:
-        return None
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
+    """The (host, port) of an `Address`; None for ""."""
+    return split_address(listen) if listen else None
 
 
 def close_to(key: str, known: Iterable[str]) -> str | None:

@@ -159,7 +159,7 @@ def _rack_text(
         [
             *_wrapped(*lines, look=look),
             table(STATUS_COLUMNS, rows, _INDENT, layout=layout, colours=colours) if rows else none,
-            *_wrapped(*under, *_drift_lines(status, now), look=look),
+            *_wrapped(*under, *(f"  {line}" for line in drift_lines(status, now)), look=look),
         ]
     )
 
@@ -195,23 +195,26 @@ def _provision_text(provision_s: Sequence[float]) -> str:
     return text if ratio is None else f"{text} slower ×{ratio:.1f}"
 
 
-def _drift_lines(status: RackStatus, now: datetime) -> list[str]:
+def drift_lines(status: RackStatus, now: datetime, *, with_health: bool = True) -> list[str]:
+    """Where MAAS and Testflinger disagree on the rack, one line per kind, as the status and the
+    web pages say it; `with_health`: a machine MAAS speaks of says its agent's health too."""
     found = status.drift
     lines = []
     if found.no_agent:
-        lines.append("  no agent: " + ", ".join(found.no_agent))
+        lines.append("no agent: " + ", ".join(found.no_agent))
     if found.stale:
         stale = [
             agent + (f" (for {format_age(now - since)})" if since else "")
             for agent, since in found.stale
         ]
-        lines.append("  stale: " + ", ".join(stale))
+        lines.append("stale: " + ", ".join(stale))
     if found.maas:
         said = [
-            f"{state.machine or state.agent} {maas_status} ({_agent_health_text(status, state)})"
+            f"{state.machine or state.agent} {maas_status}"
+            + (f" ({_agent_health_text(status, state)})" if with_health else "")
             for state, maas_status in found.maas
         ]
-        lines.append("  MAAS says: " + ", ".join(said))
+        lines.append("MAAS says: " + ", ".join(said))
     return lines
 
 

@@ -22,7 +22,7 @@ from rackwatch.config import job_url
 from rackwatch.model import AgentHealth, Health, Silence
 from rackwatch.policy import format_age
 from rackwatch.render.silence import silence_text
-from rackwatch.render.status import cycle_text, next_text
+from rackwatch.render.status import cycle_text, drift_lines, next_text
 from rackwatch.render.table import ago, duration, plural, utc, with_error_line
 from rackwatch.status import RackStatus
 from rackwatch.store import AgentState, CheckRecord
@@ -131,7 +131,7 @@ def rack_header(
             else None
         ),
         silence=silence_text(status.silence) if status.silence is not None else None,
-        drift=drift_lines(status, now),
+        drift=drift_lines(status, now, with_health=False),
         counts=[(colour, colours[colour]) for colour in CELL_ORDER if colours[colour]],
         needing=sum(cell.needs_a_person for cell in cells),
     )
@@ -210,23 +210,6 @@ def _detail(status: RackStatus, state: AgentState) -> str:
     if known.state is Health.UNHEALTHY:
         return with_error_line(known.reason, status.health_logs.get(state.agent))
     return with_error_line(state.last.detail, state.last.provision_log) if state.last else ""
-
-
-def drift_lines(status: RackStatus, now: datetime) -> list[str]:
-    found = status.drift
-    lines = []
-    if found.no_agent:
-        lines.append("no agent: " + ", ".join(found.no_agent))
-    if found.stale:
-        stale = [
-            agent + (f" (for {format_age(now - since)})" if since else "")
-            for agent, since in found.stale
-        ]
-        lines.append("stale: " + ", ".join(stale))
-    if found.maas:
-        said = [f"{state.machine or state.agent} {maas}" for state, maas in found.maas]
-        lines.append("MAAS says: " + ", ".join(said))
-    return lines
 
 
 def lab_summary(racks: Sequence[RackStatus], boxes: Sequence[RackBox]) -> str:
