@@ -11,7 +11,9 @@ and judges issue 11's targets: Testflinger
 requests per agent at 2,000 agents (logins not counted), rackwatch's CPU per agent per check,
 wall / (T + poll) at 10,000 agents, where T is the lab's job time end to end (pickup, setup,
 provisioning and cleanup, as the lab plays it), and the time from rackwatch's start to the lab
-receiving the first job at 10,000 agents. Run from the project root:
+receiving the first job at 10,000 agents. Beside each run it prints the floor of its
+submissions on this machine (`post_floor`): the same jobs posted to a fresh lab like it with
+bare aiohttp, from a process of their own. Run from the project root:
 
     python3 -m uv run python benchmarks/cycle.py
     python3 -m uv run python benchmarks/cycle.py --racks 20 --per-rack 100 --poll-interval 2
@@ -50,6 +52,7 @@ CPU_PER_AGENT_TARGET_MS = 1.0  # rackwatch's CPU per agent per check
 WALL_PER_JOB_TARGET = 1.10  # wall / (T + poll), at 10,000 agents
 FIRST_JOB_TARGET_S = 1.0  # from rackwatch's start to the lab receiving the first job
 LOGIN_ROUTE = "POST /v1/oauth2/token"
+POST_FLOOR = Path(__file__).resolve().parent / "post_floor.py"
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,35 @@ def startup_seconds(rackwatch: installed.Installed, env: dict[str, str]) -> floa
     return time.perf_counter() - started
 
 
+@dataclass(frozen=True)
+class Floor:
+    """A job posted to each queue of a lab with bare aiohttp, from a process of its own."""
+
+    wall_s: float  # from the first POST to the last answer
+    cpu_s: float
+
+
+async def post_floor(args: argparse.Namespace) -> Floor:
+    """Serve a fresh lab like the run's and post a job to each of its queues (`post_floor.py`)."""
+    lab = uniform_lab(args.racks, args.per_rack, provision_seconds=args.provision_seconds)
+    queues = "\n".join(machine.hostname for rack in lab.racks for machine in rack.machines)
+    async with lab.serve() as urls:
+        process = await asyncio.create_subprocess_exec(
+            str(args.installed.python),
+            str(POST_FLOOR),
+            urls.testflinger,
+            str(args.concurrency),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=installed.environment(),
+        )
+        stdout, stderr = await process.communicate(queues.encode())
+    if process.returncode != 0:
+        raise SystemExit(f"post_floor.py exited {process.returncode}: {stderr.decode()}")
+    return Floor(**json.loads(stdout))
+
+
 async def run_once(lab: Lab, clock: JobClock, args: argparse.Namespace) -> Measured:
     """Serve the lab and run one `rackwatch run-once --json` process against it."""
     with tempfile.TemporaryDirectory(prefix="rackwatch-bench-") as scratch:
@@ -207,10 +239,12 @@ def spread(values: Sequence[float]) -> str:
     return f"median {statistics.median(values):.2f} s, max {max(values):.2f} s"
 
 
-def print_results(args: argparse.Namespace, run: Measured, job_seconds: list[float]) -> bool:
+def print_results(
+    args: argparse.Namespace, run: Measured, job_seconds: list[float], floor: Floor
+) -> bool:
     """Print the figures next to their targets; True when the run is valid and meets them all."""
     agents = args.racks * args.per_rack
-    figures = Figures.of(args, run, job_seconds)
+    figures = Figures.of(args, run, job_seconds, floor)
     job_s, poll_s = args.provision_seconds, args.poll_interval
     checks = [a for rack in run.report.get("racks", []) for a in rack.get("agents", [])]
     outcomes = Counter(str(check.get("outcome")) for check in checks)
@@ -268,6 +302,10 @@ def print_results(args: argparse.Namespace, run: Measured, job_seconds: list[flo
     if run.first_job_s is not None:
         print(f"  {'first job':<16}{run.first_job_s:.2f} s after rackwatch started", end="")
         print("" if run.last_job_s is None else f"; the last {run.last_job_s:.2f} s after")
+    print(
+        f"  {'POSTs alone':<16}{floor.wall_s:.2f} s, {1e6 * floor.cpu_s / agents:.0f} µs of CPU each"
+        " (the same jobs, bare aiohttp, a process of its own)"
+    )
     if job_seconds:
         # The lab's job also picks up, sets up and cleans up around the provisioning: measured
         # against that whole job, the same figures read differently. Shown, not judged.
@@ -304,10 +342,14 @@ class Figures:
     lab_job_s: float | None  # T: the lab's median job, submission to cleanup done
     wall_per_job: float | None  # wall / (T + poll)
     first_job_s: float | None
+    last_job_s: float | None
+    floor_s: float  # the same jobs posted alone (`post_floor`)
     valid: bool  # every agent passed
 
     @classmethod
-    def of(cls, args: argparse.Namespace, run: Measured, job_seconds: list[float]) -> Figures:
+    def of(
+        cls, args: argparse.Namespace, run: Measured, job_seconds: list[float], floor: Floor
+    ) -> Figures:
         agents = args.racks * args.per_rack
         checks = [a for rack in run.report.get("racks", []) for a in rack.get("agents", [])]
         passed = sum(1 for check in checks if check.get("outcome") == "passed")
@@ -321,6 +363,8 @@ class Figures:
             lab_job_s=lab_job,
             wall_per_job=None if lab_job is None else run.wall_s / (lab_job + args.poll_interval),
             first_job_s=run.first_job_s,
+            last_job_s=run.last_job_s,
+            floor_s=floor.wall_s,
             valid=run.exit_code == 0 and passed == agents == len(checks),
         )
 
@@ -335,8 +379,9 @@ def measure(args: argparse.Namespace) -> tuple[bool, Figures]:
     )
     clock = JobClock(lab)
     run = asyncio.run(run_once(lab, clock, args))
-    met = print_results(args, run, clock.seconds)
-    return met, Figures.of(args, run, clock.seconds)
+    floor = asyncio.run(post_floor(args))
+    met = print_results(args, run, clock.seconds, floor)
+    return met, Figures.of(args, run, clock.seconds, floor)
 
 
 def judge(name: str, value: float | None, target: float, unit: str = "") -> bool:
@@ -395,6 +440,11 @@ def suite(args: argparse.Namespace) -> int:
             WALL_PER_JOB_TARGET,
         )
     )
+    if large.last_job_s is not None:
+        print(
+            f"    {'the last job out':<50}{large.last_job_s:.2f} s after rackwatch started;"
+            f" the same jobs posted alone take {large.floor_s:.2f} s (bare aiohttp)"
+        )
     met.append(
         judge("first job after start, 10,000 agents", large.first_job_s, FIRST_JOB_TARGET_S, " s")
     )

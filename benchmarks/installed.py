@@ -39,6 +39,11 @@ class Installed:
 
     folder: Path
 
+    @property
+    def python(self) -> Path:
+        """The environment's Python, which imports the installed rackwatch and its dependencies."""
+        return self.folder / "bin" / "python"
+
     def command(self, *args: str, profile: str | None = None) -> list[str]:
         """`rackwatch *args` as the service runs it; under cProfile, its stats written to
         `profile`, when that is given (run it outside the project's root: `python -m cProfile`
@@ -46,7 +51,7 @@ class Installed:
         script = str(self.folder / "bin" / "rackwatch")
         if profile is None:
             return [script, *args]
-        return [str(self.folder / "bin" / "python"), "-m", "cProfile", "-o", profile, script, *args]
+        return [str(self.python), "-m", "cProfile", "-o", profile, script, *args]
 
 
 def build(folder: Path) -> Installed:
@@ -56,7 +61,18 @@ def build(folder: Path) -> Installed:
     command = [uv] if uv else [sys.executable, "-m", "uv"]
     env = {**environment(), "UV_PROJECT_ENVIRONMENT": str(folder)}
     done = subprocess.run(
-        [*command, "sync", "--locked", "--no-dev", "--no-editable", "--compile-bytecode"],
+        [
+            *command,
+            "sync",
+            "--locked",
+            "--no-dev",
+            "--no-editable",
+            "--compile-bytecode",
+            # uv rebuilds the project only when pyproject.toml looks changed: without this it
+            # installs the wheel it built of an earlier working tree.
+            "--reinstall-package",
+            "rackwatch",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

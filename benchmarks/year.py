@@ -8,7 +8,8 @@ faster than a year of cycles would. The benchmark then prunes it as the daemon d
 - the file's size;
 - `rackwatch status` as a process (wall and CPU), and `build_status` in this process; and, printed
   not judged, `status` as a process on an empty state file of the same racks: what Python's
-  start and rackwatch's imports cost before the file has a say;
+  start and rackwatch's imports cost before the file has a say; and of that, Python importing
+  pydantic-settings alone, with which rackwatch reads its configuration;
 - one /metrics scrape: an HTTP GET of a daemon's endpoint; and the collector's `collect()`,
   which reads the per-agent gauges when a rack cycle starts or ends (printed, not judged);
 - a daemon's start until /healthz answers;
@@ -443,6 +444,17 @@ def _run(args: argparse.Namespace, folder: Path) -> int:
         f"  status as a process on an empty state file: {floor.wall_s:.3f} s wall,"
         f" {floor.cpu_s:.3f} s CPU (Python's start and rackwatch's imports)"
     )
+    settings_import = min(
+        (
+            _process([str(args.installed.python), "-c", "import pydantic_settings"])
+            for _ in range(3)
+        ),
+        key=lambda t: t.wall_s,
+    )
+    print(
+        f"  of which Python starting and importing pydantic-settings alone: "
+        f"{settings_import.wall_s:.3f} s wall, {settings_import.cpu_s:.3f} s CPU"
+    )
     collect = min((_collect(path, built) for _ in range(5)), key=lambda t: t.wall_s)
     # Twice: the first start also reads what the daemon imports into the page cache.
     start, first_scrape, scrape = min(
@@ -494,18 +506,18 @@ listen = "127.0.0.1:{port}"
 
 
 def _status_process(rackwatch: installed.Installed, config: Path) -> Timed:
+    return _process(rackwatch.command("status", "--config", str(config), "--json"))
+
+
+def _process(command: list[str]) -> Timed:
+    """The wall and CPU time of running `command`, which must succeed."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
-    done = subprocess.run(
-        rackwatch.command("status", "--config", str(config), "--json"),
-        capture_output=True,
-        env=installed.environment(),
-        check=False,
-    )
+    done = subprocess.run(command, capture_output=True, env=installed.environment(), check=False)
     wall = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise SystemExit(f"rackwatch status exited {done.returncode}: {done.stderr.decode()}")
+        raise SystemExit(f"{' '.join(command)} exited {done.returncode}: {done.stderr.decode()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Timed(wall, cpu)
 
