@@ -177,19 +177,27 @@ class Tracker:
             return
         answers: dict[str, JobResult | BaseException | None] = dict(zip(unseen, reads, strict=True))
         for job_id, waiters in waiting.items():
-            answer = answers[job_id] if job_id in answers else _seen(job_id, active)
+            if job_id in answers:
+                answer = answers[job_id]
+                state = answer.state if isinstance(answer, JobResult) else None
+            else:  # active, in the state the search gives: its result is made only if it is news
+                assert active is not None
+                answer, state = None, active[job_id]
             for waiter in waiters:
                 if waiter.future.done():
                     continue
-                if isinstance(answer, BaseException):
-                    waiter.future.set_exception(answer)
-                elif answer is not None and answer.state == waiter.known:
+                if state is not None and state == waiter.known:
                     self._waiting.setdefault(job_id, []).append(waiter)  # nothing new
+                elif isinstance(answer, BaseException):
+                    waiter.future.set_exception(answer)
                 else:
+                    if answer is None and state is not None:
+                        answer = JobResult(job_id=job_id, state=state)
                     waiter.future.set_result(answer)
 
-    async def _search(self) -> dict[str, ActiveJob] | None:
-        """The active rackwatch jobs by id; None when the search failed, said once per change."""
+    async def _search(self) -> dict[str, str] | None:
+        """The active rackwatch jobs' states by id; None when the search failed, said once per
+        change."""
         try:
             jobs = await self._active_jobs()
         except UpstreamError as exc:
@@ -201,7 +209,7 @@ class Tracker:
         if self._search_error is not None:
             log.info("tracking.search_restored")
             self._search_error = None
-        return {job.job_id: job for job in jobs}
+        return {job.job_id: job.state for job in jobs}
 
 
 @dataclass(eq=False, slots=True)
@@ -210,12 +218,6 @@ class _Waiter:
 
     future: asyncio.Future[JobResult | None]
     known: str | None
-
-
-def _seen(job_id: str, active: dict[str, ActiveJob] | None) -> JobResult:
-    """The job as the search lists it: active, in the state the search gives."""
-    assert active is not None
-    return JobResult(job_id=job_id, state=active[job_id].state)
 
 
 class Watch:

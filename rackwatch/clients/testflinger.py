@@ -268,7 +268,7 @@ def parse_active_job(item: Any, what: str) -> ActiveJob:
         raise UpstreamResponseError("testflinger", f"{what}: a job without a job_id")
     if not isinstance(item.get("job_state"), str):
         raise UpstreamResponseError("testflinger", f"{what}: job {item['job_id']} has no job_state")
-    return ActiveJob(job_id=item["job_id"], state=item["job_state"])
+    return ActiveJob(item["job_id"], item["job_state"])
 
 
 def parse_timestamp(value: Any) -> datetime | None:
