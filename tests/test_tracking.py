@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import MutableMapping
+from datetime import timedelta
 from typing import Any
 
 from structlog.testing import capture_logs
 
 from rackwatch.check import RackReport, run_cycle
 from rackwatch.clients import connect
-from rackwatch.model import Outcome
+from rackwatch.model import ActiveJob, JobResult, Outcome
 from rackwatch.simlab import Behaviour, Fault, FaultKind
 from rackwatch.store import Store
-from rackwatch.tracking import Coalesced, Once, Watch
+from rackwatch.tracking import Coalesced, Once, Tracker, Watch
 from tests.harness import FAST_RETRY, Harness, LabFactory, rack, until
 
 SEARCH = "GET /v1/job/search"
@@ -201,3 +202,37 @@ async def test_a_call_made_once_answers_every_caller_then_or_later() -> None:
     waiting.cancel()
     await never.cancel()
     assert never._task is not None and never._task.cancelled()
+
+
+async def test_a_round_wakes_a_job_for_news_and_reads_what_the_search_misses() -> None:
+    """A job the search lists in the state its tracking knows sleeps on; one in another state
+    wakes with that state; one the search misses has its result read, whatever it says."""
+    active = {"same": "provision", "moved": "provision"}
+    results = {"ended": JobResult(job_id="ended", state="complete", provision_status=0)}
+    reads: list[str] = []
+
+    async def search() -> list[ActiveJob]:
+        return [ActiveJob(job_id, state) for job_id, state in active.items()]
+
+    async def result(job_id: str) -> JobResult | None:
+        reads.append(job_id)
+        return results.get(job_id)
+
+    tracker = Tracker(result, search, poll_interval=timedelta(milliseconds=10))
+    within = timedelta(seconds=5)
+    same = asyncio.create_task(tracker.sighting("same", known="provision", within=within))
+    moved = asyncio.create_task(tracker.sighting("moved", known="setup", within=within))
+    ended = asyncio.create_task(tracker.sighting("ended", known="provision", within=within))
+    unknown = asyncio.create_task(tracker.sighting("unknown", known="provision", within=within))
+
+    assert await moved == JobResult(job_id="moved", state="provision")
+    assert await ended == results["ended"]
+    assert await unknown is None
+    rounds = tracker.rounds
+    await until(lambda: tracker.rounds >= rounds + 2)
+    assert not same.done()  # nothing new for it, round after round
+    assert sorted(reads) == ["ended", "unknown"]  # each read once, in the round that missed it
+
+    active["same"] = "cleanup"
+    assert await same == JobResult(job_id="same", state="cleanup")
+    assert sorted(reads) == ["ended", "unknown"]
