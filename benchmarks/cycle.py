@@ -13,7 +13,9 @@ wall / (T + poll) at 10,000 agents, where T is the lab's job time end to end (pi
 provisioning and cleanup, as the lab plays it), and the time from rackwatch's start to the lab
 receiving the first job at 10,000 agents. Beside each run it prints the floor of its
 submissions on this machine (`post_floor`): the same jobs posted to a fresh lab like it with
-bare aiohttp, from a process of their own. Run from the project root:
+bare aiohttp, from a process of their own; the summary gives each run's CPU per check as a
+multiple of the CPU of one such POST, a figure that the machine's speed cancels out of. Run from
+the project root:
 
     python3 -m uv run python benchmarks/cycle.py
     python3 -m uv run python benchmarks/cycle.py --racks 20 --per-rack 100 --poll-interval 2
@@ -344,6 +346,7 @@ class Figures:
     first_job_s: float | None
     last_job_s: float | None
     floor_s: float  # the same jobs posted alone (`post_floor`)
+    floor_cpu_s: float  # and the CPU that took
     valid: bool  # every agent passed
 
     @classmethod
@@ -365,6 +368,7 @@ class Figures:
             first_job_s=run.first_job_s,
             last_job_s=run.last_job_s,
             floor_s=floor.wall_s,
+            floor_cpu_s=floor.cpu_s,
             valid=run.exit_code == 0 and passed == agents == len(checks),
         )
 
@@ -431,6 +435,12 @@ def suite(args: argparse.Namespace) -> int:
         )
         beyond = 1000 * (f.cpu_s - fixed.cpu_s) / (f.agents - fixed.agents)
         print(f"    {'of which each check beyond a run of 20 agents':<50}{beyond:.3f} ms")
+        # The machine's speed cancels out of this one: the same POST, with nothing else.
+        per_post = 1000 * f.floor_cpu_s / f.agents
+        print(
+            f"    {'the whole run, in bare aiohttp POSTs of its jobs':<50}"
+            f"{f.cpu_ms_per_agent / per_post:.1f} x ({per_post:.3f} ms each)"
+        )
     print(f"    (the run of 20 agents: {fixed.cpu_s:.2f} s of CPU)")
     t = f"T {large.lab_job_s:.2f} s" if large.lab_job_s is not None else "T unknown"
     met.append(
