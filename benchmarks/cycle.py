@@ -345,8 +345,7 @@ class Figures:
     wall_per_job: float | None  # wall / (T + poll)
     first_job_s: float | None
     last_job_s: float | None
-    floor_s: float  # the same jobs posted alone (`post_floor`)
-    floor_cpu_s: float  # and the CPU that took
+    floor: Floor  # the same jobs posted alone
     valid: bool  # every agent passed
 
     @classmethod
@@ -367,8 +366,7 @@ class Figures:
             wall_per_job=None if lab_job is None else run.wall_s / (lab_job + args.poll_interval),
             first_job_s=run.first_job_s,
             last_job_s=run.last_job_s,
-            floor_s=floor.wall_s,
-            floor_cpu_s=floor.cpu_s,
+            floor=floor,
             valid=run.exit_code == 0 and passed == agents == len(checks),
         )
 
@@ -436,7 +434,7 @@ def suite(args: argparse.Namespace) -> int:
         beyond = 1000 * (f.cpu_s - fixed.cpu_s) / (f.agents - fixed.agents)
         print(f"    {'of which each check beyond a run of 20 agents':<50}{beyond:.3f} ms")
         # The machine's speed cancels out of this one: the same POST, with nothing else.
-        per_post = 1000 * f.floor_cpu_s / f.agents
+        per_post = 1000 * f.floor.cpu_s / f.agents
         print(
             f"    {'the whole run, in bare aiohttp POSTs of its jobs':<50}"
             f"{f.cpu_ms_per_agent / per_post:.1f} x ({per_post:.3f} ms each)"
@@ -453,7 +451,7 @@ def suite(args: argparse.Namespace) -> int:
     if large.last_job_s is not None:
         print(
             f"    {'the last job out':<50}{large.last_job_s:.2f} s after rackwatch started;"
-            f" the same jobs posted alone take {large.floor_s:.2f} s (bare aiohttp)"
+            f" the same jobs posted alone take {large.floor.wall_s:.2f} s (bare aiohttp)"
         )
     met.append(
         judge("first job after start, 10,000 agents", large.first_job_s, FIRST_JOB_TARGET_S, " s")
